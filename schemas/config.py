@@ -1,0 +1,269 @@
+"""The configuration: the seed's ``autopilot:`` block as written, plus contract §4.
+
+Every key is optional and every default is the seed's. Durations may be
+fractional minutes, so a test can run a canary for seconds. A file that does not
+validate is refused with :class:`ConfigError` naming key, value and rule.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+_PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_KPI_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _hhmm(value: str) -> str:
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", value)
+    if not match:
+        raise ValueError("must be a UTC time of day as HH:MM (00:00 to 23:59)")
+    return value
+
+
+class SlidingBoundsConfig(_Strict):
+    expansion_rate_per_week: float = Field(0.05, ge=0, le=1)
+    contraction_rate_after_rollback: float = Field(0.25, ge=0, lt=1)
+    stability_threshold_days: int = Field(7, ge=1)
+    rollback_threshold: int = Field(3, ge=1)
+    anti_windup_enabled: bool = True
+
+
+class DriftMonitoringConfig(_Strict):
+    prediction_error_threshold_pct: float = Field(30.0, gt=0)
+    rollback_rate_threshold_pct: float = Field(10.0, gt=0, le=100)
+    monitoring_window_days: int = Field(14, ge=1)
+    pause_duration_hours: float = Field(48, gt=0)
+    max_pause_duration_days: float = Field(7, gt=0)
+
+
+class IncidentTriageConfig(_Strict):
+    weekly_schedule_utc: str = "Sunday 02:00"
+    analysis_window_days: int = Field(7, ge=1)
+    failure_threshold_for_patch: int = Field(3, ge=1)
+    github_integration_enabled: bool = False
+
+    @field_validator("weekly_schedule_utc")
+    @classmethod
+    def _weekly(cls, value: str) -> str:
+        parts = value.split()
+        if len(parts) != 2 or parts[0].lower() not in _DAYS:
+            raise ValueError("must be '<Weekday> HH:MM', e.g. 'Sunday 02:00'")
+        _hhmm(parts[1])
+        return value
+
+
+class AutopilotConfig(_Strict):
+    enabled: bool = True
+    daily_schedule_utc: str = "03:00"
+    canary_duration_minutes: float = Field(60, gt=0)
+    canary_traffic_percentage: float = Field(0.2, gt=0, lt=1)
+    statistical_confidence_threshold: float = Field(0.95, ge=0.5, lt=1)
+    max_execution_time_minutes: float = Field(10, gt=0)
+    emergency_pause: bool = False
+    manual_override_hours: float = Field(24, gt=0, le=168)
+    # Beyond the seed (documented in README):
+    check_interval_minutes: float = Field(1.0, gt=0)
+    analysis_window_hours: float = Field(24, gt=0)
+    min_samples_per_arm: int = Field(30, ge=2)
+    apply_timeout_seconds: float = Field(10, gt=0)
+    sliding_bounds: SlidingBoundsConfig = SlidingBoundsConfig()
+    drift_monitoring: DriftMonitoringConfig = DriftMonitoringConfig()
+    incident_triage: IncidentTriageConfig = IncidentTriageConfig()
+
+    @field_validator("daily_schedule_utc")
+    @classmethod
+    def _daily(cls, value: str) -> str:
+        return _hhmm(value)
+
+
+class StreamNames(_Strict):
+    metrics: str = "VVTV_METRICS"
+    alerts: str = "VVTV_ALERTS"
+    commands: str = "VVTV_AUTOPILOT_CMD"
+    events: str = "VVTV_AUTOPILOT_EVT"
+    timers: str = "VVTV_AUTOPILOT_TIMER"
+    dlq: str = "VVTV_AUTOPILOT_DLQ"
+
+    @model_validator(mode="after")
+    def _names(self) -> "StreamNames":
+        for key, name in self.model_dump().items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise ValueError(f"stream name {key}={name!r} may only use letters, digits, '_' and '-'")
+        return self
+
+
+class BusConfig(_Strict):
+    url: str | None = None
+    prefix: str = Field("vvtv", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    streams: StreamNames = StreamNames()
+    request_timeout_seconds: float = Field(5.0, gt=0)
+
+
+class StorageConfig(_Strict):
+    data_dir: Path = Path("./autopilot-data")
+
+
+class BusinessLogicConfig(_Strict):
+    path: Path | None = None
+
+
+class ParameterSpec(_Strict):
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _range(self) -> "ParameterSpec":
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise ValueError("min and max must be finite")
+        if self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
+
+class KpiSpec(_Strict):
+    direction: Literal["increase", "decrease"]
+    critical: bool = False
+    weight: float = Field(1.0, ge=0)
+    margin: float = Field(0.01, ge=0, lt=1)
+
+
+class GoldenConfig(_Strict):
+    mode: Literal["service", "builtin"] = "service"
+    timeout_seconds: float = Field(10.0, gt=0)
+    cases_file: Path | None = None
+
+
+class TelemetryConfig(_Strict):
+    exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str | None = None
+
+
+def _default_parameters() -> dict[str, ParameterSpec]:
+    return {"selection.diversity_weight": ParameterSpec(min=0.1, max=0.6)}
+
+
+def _default_kpis() -> dict[str, KpiSpec]:
+    return {
+        "selection_entropy": KpiSpec(direction="increase", critical=False, weight=1.0),
+        "error_rate": KpiSpec(direction="decrease", critical=True),
+    }
+
+
+class Config(_Strict):
+    autopilot: AutopilotConfig = AutopilotConfig()
+    bus: BusConfig = BusConfig()
+    storage: StorageConfig = StorageConfig()
+    business_logic: BusinessLogicConfig = BusinessLogicConfig()
+    parameters: dict[str, ParameterSpec] = Field(default_factory=_default_parameters)
+    kpis: dict[str, KpiSpec] = Field(default_factory=_default_kpis)
+    golden: GoldenConfig = GoldenConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+    @field_validator("parameters")
+    @classmethod
+    def _param_names(cls, value: dict[str, ParameterSpec]) -> dict[str, ParameterSpec]:
+        for name in value:
+            if not _PARAM_RE.match(name):
+                raise ValueError(f"parameter name {name!r} must be a dotted path of identifiers")
+        return value
+
+    @field_validator("kpis")
+    @classmethod
+    def _kpi_names(cls, value: dict[str, KpiSpec]) -> dict[str, KpiSpec]:
+        if not value:
+            raise ValueError("at least one KPI must be configured")
+        for name in value:
+            if not _KPI_RE.match(name):
+                raise ValueError(f"KPI name {name!r} must match [a-z][a-z0-9_]{{0,63}}")
+        return value
+
+    @property
+    def card_path(self) -> Path:
+        return self.business_logic.path or self.storage.data_dir / "business_logic.json"
+
+    def subject(self, tail: str) -> str:
+        return f"{self.bus.prefix}.{tail}"
+
+
+# --- loading --------------------------------------------------------------------------
+
+ENV_PREFIX = "VVTV_AUTOPILOT__"
+"""``VVTV_AUTOPILOT__AUTOPILOT__CANARY_DURATION_MINUTES=0.5`` sets
+``autopilot.canary_duration_minutes``; the value is read as a YAML scalar."""
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def _environment_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    tree = dict(raw)
+    for name, text in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+            _set_path(tree, path, yaml.safe_load(text) if text else None)
+    if env.get("NATS_URL"):
+        _set_path(tree, ["bus", "url"], env["NATS_URL"])
+    if env.get("VVTV_AUTOPILOT_DATA_DIR"):
+        _set_path(tree, ["storage", "data_dir"], env["VVTV_AUTOPILOT_DATA_DIR"])
+    return tree
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, object, str]]:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "<top level>"
+        rule = err["msg"]
+        if err["type"] == "extra_forbidden":
+            rule = "unknown key (not part of the configuration)"
+        problems.append((key, err.get("input"), rule))
+    return problems
+
+
+def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a configuration tree (already parsed YAML) plus environment overrides."""
+    tree = dict(raw or {})
+    if env is not None:
+        tree = _environment_overrides(tree, env)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file at ``path`` (None: defaults only) and ``env`` (default: os.environ)."""
+    env = os.environ if env is None else env
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([("--config", str(path), f"cannot be read: {exc.strerror}")]) from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError([("--config", str(path), f"is not valid YAML: {exc}")]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError([("<top level>", type(raw).__name__, "must be a mapping of sections")])
+    return parse_config(raw, env)

@@ -1,0 +1,55 @@
+"""Every exception the autopilot raises on purpose, drawn in one place.
+
+    AutopilotError
+    ├── ConfigError            a configuration that breaks a rule (refused at start)
+    ├── MessageError           an inbound bus message that fails validation (-> DLQ)
+    ├── CommandRefused         a valid command that cannot be carried out now
+    ├── StoreError             the SQLite store is unusable or inconsistent
+    ├── BusError               NATS / JetStream cannot be reached or set up
+    ├── HistoryError           the business-logic history is missing or corrupt
+    │   └── VersionNotFound
+    └── ReplayMismatch         a replay diverged from the recorded transitions
+"""
+
+from __future__ import annotations
+
+
+class AutopilotError(Exception):
+    """Base of every error the autopilot raises deliberately."""
+
+
+class ConfigError(AutopilotError):
+    """The configuration breaks a rule; ``problems`` lists (key, value, rule)."""
+
+    def __init__(self, problems: list[tuple[str, object, str]]):
+        self.problems = problems
+        lines = [f"  {key} = {value!r}: {rule}" for key, value, rule in problems]
+        super().__init__("invalid configuration:\n" + "\n".join(lines))
+
+
+class MessageError(AutopilotError):
+    """An inbound message is malformed; the reason is meant for a person."""
+
+
+class CommandRefused(AutopilotError):
+    """A well-formed command that the autopilot will not carry out now."""
+
+
+class StoreError(AutopilotError):
+    """The store cannot be opened, migrated or written."""
+
+
+class BusError(AutopilotError):
+    """The message bus cannot be reached or configured."""
+
+
+class HistoryError(AutopilotError):
+    """The parameter history is inconsistent (e.g. a corrupt version file)."""
+
+
+class VersionNotFound(HistoryError):
+    """No stored version carries this id."""
+
+
+class ReplayMismatch(AutopilotError):
+    """Replaying a cycle's events produced different transitions than recorded."""
