@@ -7,7 +7,10 @@
     ├── StoreError             the SQLite store is unusable or inconsistent
     ├── BusError               NATS / JetStream cannot be reached or set up
     ├── HistoryError           the business-logic history is missing or corrupt
-    │   └── VersionNotFound
+    │   ├── VersionNotFound
+    │   │   └── InvalidVersionId   not 64 lowercase hex: refused before any file is touched
+    │   ├── CorruptVersion         a history file whose hash does not match its name
+    │   └── VerificationFailed     the card re-read after a write is not the card written
     └── ReplayMismatch         a replay diverged from the recorded transitions
 """
 
@@ -49,6 +52,18 @@ class HistoryError(AutopilotError):
 
 class VersionNotFound(HistoryError):
     """No stored version carries this id."""
+
+
+class InvalidVersionId(VersionNotFound):
+    """The id is not 64 lowercase hex characters, so it cannot name a version."""
+
+
+class CorruptVersion(HistoryError):
+    """A stored version fails its check (hash, JSON object, metadata); it is never used."""
+
+
+class VerificationFailed(HistoryError):
+    """After a deploy or rollback the card on disk was not the one written; the old card was restored."""
 
 
 class ReplayMismatch(AutopilotError):
