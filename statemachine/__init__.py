@@ -1,0 +1,9 @@
+"""The cycle as an explicit `transitions` state machine, and the pure step
+``inbound event -> (transitions, effects, reply)`` around it."""
+
+from .autopilot import Autopilot, AutopilotState
+from .cycle import Cycle, CycleData
+from .definition import MACHINE_HASH, STATES, TERMINAL, TRANSITIONS
+from .step import Step
+
+__all__ = ["Autopilot", "AutopilotState", "Cycle", "CycleData", "Step", "MACHINE_HASH", "STATES", "TERMINAL", "TRANSITIONS"]

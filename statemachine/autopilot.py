@@ -1,0 +1,269 @@
+"""The autopilot between and around cycles: the pure step ``event -> Step``.
+
+It owns the pause, the overrides, the live-metric windows and at most one
+running :class:`Cycle`; it routes each core event to the cycle it concerns
+and starts cycles on the daily timer, ``run-now`` and ``propose``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+
+from ..handlers.stats import RunningStats
+from ..schemas.config import Config
+from ..schemas.events import (AlertEvent, ApplyResult, Boot, CommandEvent, GoldenResult, Inbound,
+                              MetricStats, TimerEvent)
+from ..schemas.messages import parse_time, rfc3339
+from .commands import handle_command
+from .cycle import Cycle, CycleData
+from .step import Step
+
+
+class AutopilotState(msgspec.Struct, kw_only=True):
+    card: dict[str, Any] = {}
+    card_version: str = ""
+    paused_until: str | None = None
+    paused_forever: bool = False
+    paused_by: str | None = None
+    pause_reason: str | None = None
+    overrides: dict[str, dict[str, Any]] = {}
+    bounds_overrides: dict[str, dict[str, Any]] = {}
+    cycle_counter: int = 0
+    active_cycle_id: str | None = None
+    last_cycle: dict[str, Any] | None = None
+    next_daily: str | None = None
+    live: dict[str, dict[str, RunningStats]] = {}   # kpi -> hour bucket (RFC 3339) -> stats
+
+
+def next_daily_at(now: datetime, hhmm: str) -> datetime:
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    candidate = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return candidate if candidate > now else candidate + timedelta(days=1)
+
+
+class Autopilot:
+    def __init__(self, config: Config, state: AutopilotState | None = None, cycle: CycleData | None = None):
+        self.config = config
+        self.state = state or AutopilotState()
+        self.cycle: Cycle | None = Cycle(cycle, config) if cycle is not None else None
+        self.state_dirty = False
+
+    # --- queries -----------------------------------------------------------------------
+
+    def paused(self, now: datetime) -> bool:
+        s = self.state
+        return s.paused_forever or (s.paused_until is not None and parse_time(s.paused_until) > now)
+
+    def mode(self, now: datetime) -> str:
+        if self.cycle is not None and not self.cycle.done:
+            return self.cycle.state
+        if self.paused(now):
+            return "Paused"
+        return "Idle" if self.config.autopilot.enabled else "Disabled"
+
+    def status(self, now: datetime) -> dict[str, Any]:
+        s = self.state
+        running = self.cycle if self.cycle is not None and not self.cycle.done else None
+        return {
+            "ok": True, "error": None, "state": self.mode(now),
+            "cycle_id": running.data.cycle_id if running else None,
+            "paused": self.paused(now), "paused_until": None if s.paused_forever else s.paused_until,
+            "emergency_pause": s.paused_forever, "paused_by": s.paused_by,
+            "card_version": s.card_version, "overrides": s.overrides, "bounds_overrides": s.bounds_overrides,
+            "next_daily": s.next_daily, "last_cycle": s.last_cycle,
+            "cycle": None if running is None else {
+                "cycle_id": running.data.cycle_id, "state": running.state, "origin": running.data.origin,
+                "started_at": running.data.started_at, "deadline": running.data.deadline,
+                "proposal": running.data.proposal,
+                "samples": {"control": {k: v.n for k, v in running.data.control.items()},
+                            "canary": {k: v.n for k, v in running.data.canary.items()}},
+            },
+        }
+
+    def running(self) -> Cycle | None:
+        return self.cycle if self.cycle is not None and not self.cycle.done else None
+
+    # --- the step ------------------------------------------------------------------------
+
+    def handle(self, inbound: Inbound) -> Step:
+        step = Step(inbound)
+        event = inbound.event
+        cycle_before = self.running()
+        if isinstance(event, MetricStats):
+            self._metric(step, event)
+        elif isinstance(event, TimerEvent):
+            self._timer(step, event)
+        elif isinstance(event, (ApplyResult, GoldenResult)):
+            self._reply(step, event)
+        elif isinstance(event, AlertEvent):
+            self._alert(step, event)
+        elif isinstance(event, CommandEvent):
+            handle_command(self, step, event)
+        elif isinstance(event, Boot):
+            self._boot(step, event)
+        touched = cycle_before or self.cycle
+        if touched is not None and (step.transitions or isinstance(event, MetricStats) and step.counters.get("canary_samples")):
+            step.record_cycle(touched)
+        if self.cycle is not None and self.cycle.done and self.state.active_cycle_id == self.cycle.data.cycle_id:
+            self._cycle_ended(step, self.cycle)
+        return step
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _metric(self, step: Step, ev: MetricStats) -> None:
+        if ev.kpi not in self.config.kpis:
+            step.count("ignored_kpi")
+            return
+        stats = RunningStats(ev.n, ev.mean, ev.m2)
+        if ev.arm == "live":
+            end = parse_time(ev.window_end)
+            bucket = rfc3339(end.replace(minute=0, second=0, microsecond=0))
+            buckets = self.state.live.setdefault(ev.kpi, {})
+            buckets[bucket] = buckets.get(bucket, RunningStats()).merge(stats)
+            horizon = end - timedelta(hours=self.config.autopilot.analysis_window_hours + 1)
+            for old in [b for b in buckets if parse_time(b) < horizon]:
+                del buckets[old]
+            self.state_dirty = True
+            step.count("live_samples", ev.n)
+            return
+        cycle = self.running()
+        if cycle is not None and cycle.add_metric(ev.arm, ev.kpi, ev.version_id, stats):
+            step.count("canary_samples", ev.n)
+        else:
+            step.count("ignored_arm_samples", ev.n)
+
+    def live_window(self, now: datetime) -> dict[str, RunningStats]:
+        since = now - timedelta(hours=self.config.autopilot.analysis_window_hours)
+        out = {}
+        for kpi, buckets in self.state.live.items():
+            total = RunningStats()
+            for bucket, stats in sorted(buckets.items()):
+                if parse_time(bucket) + timedelta(hours=1) > since and parse_time(bucket) <= now:
+                    total = total.merge(stats)
+            out[kpi] = total
+        return out
+
+    def _alert(self, step: Step, ev: AlertEvent) -> None:
+        cycle = self.running()
+        if ev.severity == "critical" and cycle is not None and cycle.state == "Canary":
+            cycle.judge(step, "rollback", {
+                "reason": f"critical alert {ev.alert_id} from {ev.source}: {ev.message[:200]}",
+                "alert_id": ev.alert_id, "kpi": ev.kpi,
+            }, rule="critical alert")
+
+    def _timer(self, step: Step, ev: TimerEvent) -> None:
+        s = self.state
+        if ev.kind == "daily":
+            if ev.token != s.next_daily:
+                step.count("stale_timers")
+                return
+            self._arm_daily(step)
+            if self.config.autopilot.enabled and not self.paused(step.now) and self.running() is None:
+                self.start_cycle(step, origin="daily", actor="scheduler", proposal=None)
+            return
+        if ev.kind == "pause_expiry":
+            if s.paused_until is not None and ev.token == s.paused_until and not s.paused_forever:
+                self.set_pause(None, forever=False, actor=None, reason=None)
+                step.publish("autopilot.evt.command", {"verb": "pause-expired", "at": step.at, "ok": True})
+            return
+        if ev.kind == "override_expiry":
+            for table in (s.overrides, s.bounds_overrides):
+                for name, entry in list(table.items()):
+                    if entry.get("until") == ev.token and parse_time(ev.token) <= step.now:
+                        del table[name]
+                        self.state_dirty = True
+                        step.publish("autopilot.evt.command", {"verb": "override-expired", "parameter": name, "at": step.at, "ok": True})
+            return
+        cycle = self.running()
+        if cycle is None or ev.cycle_id != cycle.data.cycle_id:
+            step.count("stale_timers")
+            return
+        if ev.kind == "timeout":
+            if ev.token == cycle.data.timer_token:
+                limit = self.config.autopilot.max_execution_time_minutes
+                cycle.fail(step, f"timeout: active work exceeded max_execution_time_minutes={limit} in {cycle.state}")
+        elif ev.kind == "check":
+            cycle.evaluate(step, final=False)
+        elif ev.kind == "deadline":
+            cycle.evaluate(step, final=True)
+
+    def _reply(self, step: Step, ev: ApplyResult | GoldenResult) -> None:
+        cycle = self.running()
+        if cycle is None or ev.effect_id != cycle.data.awaiting:
+            if isinstance(ev, ApplyResult) and not ev.applied:
+                step.publish("autopilot.evt.alert", {
+                    "kind": "apply_failed", "cycle_id": ev.cycle_id, "purpose": ev.purpose, "at": step.at,
+                    "message": f"VVTV did not apply {ev.purpose}: {ev.error}"})
+            return
+        if isinstance(ev, GoldenResult):
+            cycle.golden_result(step, ev.passed, {"cases_run": ev.cases_run, "failures": ev.failures, "error": ev.error})
+        elif ev.purpose == "canary":
+            cycle.canary_apply_result(step, ev.applied, ev.error)
+        elif ev.purpose == "live":
+            cycle.live_apply_result(step, ev.applied, ev.error)
+
+    def _boot(self, step: Step, ev: Boot) -> None:
+        s = self.state
+        if ev.card_version != s.card_version:
+            if s.card_version:
+                step.publish("autopilot.evt.alert", {"kind": "card_changed_outside", "at": step.at,
+                                                     "message": f"card on disk is {ev.card_version}, expected {s.card_version}"})
+            s.card, s.card_version = ev.card, ev.card_version
+        if self.config.autopilot.emergency_pause and not s.paused_forever:
+            self.set_pause(None, forever=True, actor="configuration", reason="autopilot.emergency_pause is true")
+        self.state_dirty = True
+        self._arm_daily(step, keep=True)
+        if s.paused_until and not s.paused_forever:
+            step.schedule("pause", parse_time(s.paused_until), {"kind": "pause_expiry", "token": s.paused_until})
+        cycle = self.running()
+        if cycle is not None:  # re-arm the open cycle's timers (idempotent: same schedule subjects)
+            d = cycle.data
+            if cycle.state == "Canary" and d.deadline:
+                step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id})
+                cycle._arm_check(step)
+            elif d.timer_token:
+                budget = self.config.autopilot.max_execution_time_minutes * 60.0 - d.active_seconds
+                entered = parse_time(d.state_entered_at)
+                step.schedule(f"{d.cycle_id}.timeout", entered + timedelta(seconds=max(budget, 0.0)),
+                              {"kind": "timeout", "cycle_id": d.cycle_id, "token": d.timer_token})
+
+    # --- helpers used by commands -------------------------------------------------------------
+
+    def _arm_daily(self, step: Step, keep: bool = False) -> None:
+        s = self.state
+        if not (keep and s.next_daily and parse_time(s.next_daily) > step.now):
+            s.next_daily = rfc3339(next_daily_at(step.now, self.config.autopilot.daily_schedule_utc))
+            self.state_dirty = True
+        step.schedule("daily", parse_time(s.next_daily), {"kind": "daily", "token": s.next_daily})
+
+    def set_pause(self, until: str | None, *, forever: bool, actor: str | None, reason: str | None) -> None:
+        s = self.state
+        s.paused_until, s.paused_forever, s.paused_by, s.pause_reason = until, forever, actor, reason
+        self.state_dirty = True
+
+    def start_cycle(self, step: Step, *, origin: str, actor: str | None, proposal: dict[str, float] | None) -> Cycle:
+        s = self.state
+        s.cycle_counter += 1
+        cycle_id = f"{step.now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{s.cycle_counter:06d}"
+        seed = int.from_bytes(hashlib.sha256(cycle_id.encode()).digest()[:8], "big")
+        data = CycleData(cycle_id=cycle_id, origin=origin, actor=actor, started_at=step.at, seed=seed,
+                         proposal=proposal, base_card=s.card, base_version=s.card_version)
+        cycle = Cycle(data, self.config)
+        self.cycle = cycle
+        s.active_cycle_id = cycle_id
+        self.state_dirty = True
+        cycle.start(step, self.live_window(step.now))
+        return cycle
+
+    def _cycle_ended(self, step: Step, cycle: Cycle) -> None:
+        s = self.state
+        d = cycle.data
+        if cycle.state == "Deployed" and d.candidate_card is not None:
+            s.card, s.card_version = d.candidate_card, d.candidate_version or ""
+        s.active_cycle_id = None
+        s.last_cycle = {"cycle_id": d.cycle_id, "outcome": cycle.state, "completed_at": d.completed_at, "error": d.error}
+        self.state_dirty = True

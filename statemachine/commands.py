@@ -1,0 +1,197 @@
+"""Operator commands (contract §2.1 and §1.3) as steps of the core.
+
+Bodies arrive already validated (schemas.messages); here each verb is
+either applied (its effect on the autopilot and on a running cycle, which
+records it as a trigger in the cycle's log) or refused with an error a person
+can act on. The reply is set on the step; infra sends it after commit.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..handlers.card import parameter_values
+from ..schemas.events import CommandEvent, Effect
+from ..schemas.messages import parse_time, rfc3339
+from .step import Step
+
+if TYPE_CHECKING:
+    from .autopilot import Autopilot
+
+
+class _Refused(Exception):
+    pass
+
+
+def handle_command(ap: "Autopilot", step: Step, ev: CommandEvent) -> None:
+    body = ev.body
+    actor = body.get("actor")
+    try:
+        handler = _VERBS.get(ev.verb)
+        if handler is None:
+            raise _Refused(f"unknown verb {ev.verb!r}; known: {', '.join(sorted(_VERBS))}")
+        extra = handler(ap, step, body) or {}
+        ok, error = True, None
+    except _Refused as exc:
+        ok, error, extra = False, str(exc), {}
+    running = ap.running()
+    reply: dict[str, Any] = {"ok": ok, "error": error, "state": ap.mode(step.now),
+                             "cycle_id": running.data.cycle_id if running else extra.pop("cycle_id", None), **extra}
+    step.reply = reply
+    step.command = {"verb": ev.verb, "via": ev.via, "actor": actor, "reason": body.get("reason"),
+                    "at": step.at, "body": body, "ok": ok, "error": error}
+    step.publish("autopilot.evt.command", {**step.command, "result": reply})
+
+
+def _hours_until(step: Step, hours: float) -> str:
+    return rfc3339(step.now + timedelta(hours=hours))
+
+
+def _stop_running_cycle(ap: "Autopilot", step: Step, why: str) -> None:
+    cycle = ap.running()
+    if cycle is None:
+        return
+    if cycle.state == "Canary":
+        cycle.judge(step, "rollback", {"reason": why}, rule="operator")
+    elif cycle.state in ("Analyzing", "Bounded", "Validated"):
+        cycle.cancel(step, why)
+    # In Gated a live deployment is already in flight; it finishes on its reply.
+
+
+def _pause(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
+    hours = float(body.get("hours") or 48.0)
+    until = _hours_until(step, hours)
+    if ap.state.paused_forever:
+        raise _Refused("already in emergency pause; send resume first")
+    ap.set_pause(until, forever=False, actor=body["actor"], reason=body.get("reason"))
+    step.schedule("pause", parse_time(until), {"kind": "pause_expiry", "token": until})
+    _stop_running_cycle(ap, step, f"paused by {body['actor']}")
+    step.publish("autopilot.evt.alert", {"kind": "paused", "at": step.at, "until": until, "actor": body["actor"],
+                                         "message": body.get("reason") or "autopilot paused"})
+    return {"paused_until": until}
+
+
+def _emergency_pause(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
+    ap.set_pause(None, forever=True, actor=body["actor"], reason=body.get("reason"))
+    _stop_running_cycle(ap, step, f"emergency pause by {body['actor']}")
+    step.publish("autopilot.evt.alert", {"kind": "emergency_pause", "at": step.at, "actor": body["actor"],
+                                         "message": body.get("reason") or "autopilot in emergency pause"})
+    return {"paused_until": None, "emergency_pause": True}
+
+
+def _resume(ap: "Autopilot", step: Step, body: dict[str, Any]) -> None:
+    if not ap.paused(step.now):
+        raise _Refused("the autopilot is not paused")
+    ap.set_pause(None, forever=False, actor=None, reason=None)
+
+
+def _can_start(ap: "Autopilot", step: Step) -> None:
+    running = ap.running()
+    if running is not None:
+        raise _Refused(f"cycle {running.data.cycle_id} is running ({running.state}); wait for it or abort it")
+    if ap.paused(step.now):
+        until = "until resume" if ap.state.paused_forever else f"until {ap.state.paused_until}"
+        raise _Refused(f"the autopilot is paused {until}; resume it first")
+    if not ap.config.autopilot.enabled:
+        raise _Refused("the autopilot is disabled in its configuration (autopilot.enabled: false)")
+
+
+def _run_now(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
+    _can_start(ap, step)
+    cycle = ap.start_cycle(step, origin="run-now", actor=body["actor"], proposal=None)
+    return {"cycle_id": cycle.data.cycle_id}
+
+
+def _check_parameter(ap: "Autopilot", name: str, value: float | None = None) -> None:
+    spec = ap.config.parameters.get(name)
+    if spec is None:
+        raise _Refused(f"unknown parameter {name!r}; tunable: {', '.join(sorted(ap.config.parameters)) or 'none'}")
+    if value is not None and not spec.min <= value <= spec.max:
+        raise _Refused(f"{name}={value} is outside its bounds [{spec.min}, {spec.max}]")
+
+
+def _propose(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
+    _can_start(ap, step)
+    changes = {str(k): float(v) for k, v in body["changes"].items()}
+    for name, value in sorted(changes.items()):
+        _check_parameter(ap, name, value)
+        if name in ap.state.overrides:
+            raise _Refused(f"{name} is pinned by an override until {ap.state.overrides[name].get('until')}; clear it first")
+    cycle = ap.start_cycle(step, origin="propose", actor=body["actor"], proposal=changes)
+    return {"cycle_id": cycle.data.cycle_id}
+
+
+def _override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
+    name, value = body["parameter"], float(body["value"])
+    _check_parameter(ap, name, value)
+    hours = float(body.get("hours") or ap.config.autopilot.manual_override_hours)
+    until = _hours_until(step, hours)
+    ap.state.overrides[name] = {"value": value, "until": until, "actor": body["actor"], "reason": body.get("reason")}
+    ap.state_dirty = True
+    step.schedule(f"override.{name}", parse_time(until), {"kind": "override_expiry", "token": until})
+    return {"parameter": name, "until": until}
+
+
+def _clear_override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> None:
+    name = body["parameter"]
+    if ap.state.overrides.pop(name, None) is None and ap.state.bounds_overrides.pop(name, None) is None:
+        raise _Refused(f"{name} has no override to clear")
+    ap.state_dirty = True
+
+
+def _bounds_override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
+    name = body["parameter"]
+    _check_parameter(ap, name)
+    hours = float(body.get("hours") or ap.config.autopilot.manual_override_hours)
+    until = _hours_until(step, hours)
+    ap.state.bounds_overrides[name] = {"min": body["min"], "max": body["max"], "until": until, "actor": body["actor"]}
+    ap.state_dirty = True
+    step.schedule(f"override.{name}", parse_time(until), {"kind": "override_expiry", "token": until})
+    return {"parameter": name, "until": until}
+
+
+def _canary_end(ap: "Autopilot", step: Step, body: dict[str, Any], recommendation: str) -> dict[str, Any]:
+    cycle = ap.running()
+    verb = "promote" if recommendation == "proceed" else "abort"
+    if cycle is None or cycle.state != "Canary":
+        where = "no cycle is running" if cycle is None else f"cycle {cycle.data.cycle_id} is in {cycle.state}"
+        raise _Refused(f"nothing to {verb}: no canary is running ({where})")
+    cycle_id = cycle.data.cycle_id
+    cycle.judge(step, recommendation, {"reason": f"{verb} by {body['actor']}: {body.get('reason') or 'no reason given'}",
+                                       "actor": body["actor"]}, rule=f"operator {verb}")
+    return {"cycle_id": cycle_id}
+
+
+def _rollback(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
+    """Infra has already verified and written the target version (``verified``);
+    the core adopts it and tells VVTV."""
+    verified = body.get("verified")
+    if not verified:
+        raise _Refused(f"version {body['version_id']} could not be restored")
+    running = ap.running()
+    if running is not None:
+        raise _Refused(f"cycle {running.data.cycle_id} is running ({running.state}); abort it first")
+    ap.state.card, ap.state.card_version = verified["card"], verified["version_id"]
+    ap.state_dirty = True
+    params = parameter_values(verified["card"], list(ap.config.parameters))
+    effect_id = step.next_id("apply")
+    step.effects.append(Effect(effect_id, "apply", {"purpose": "manual_rollback", "request": {
+        "effect_id": effect_id, "cycle_id": None, "version_id": verified["version_id"], "arm": "live",
+        "traffic_percentage": 1.0, "parameters": params}}))
+    return {"version_id": verified["version_id"]}
+
+
+_VERBS = {
+    "pause": _pause,
+    "emergency-pause": _emergency_pause,
+    "resume": _resume,
+    "run-now": _run_now,
+    "propose": _propose,
+    "override": _override,
+    "clear-override": _clear_override,
+    "bounds-override": _bounds_override,
+    "promote": lambda ap, step, body: _canary_end(ap, step, body, "proceed"),
+    "abort": lambda ap, step, body: _canary_end(ap, step, body, "rollback"),
+    "rollback": _rollback,
+}

@@ -1,0 +1,320 @@
+"""One daily cycle: its data, its `transitions` machine and its stage logic.
+
+Pure and synchronous: every method takes a :class:`Step` (the event's time
+and cause, and the lists that collect records and effects) and reads nothing
+else from the world. A cycle restored from its snapshot gets its machine with
+``initial=<state>``, so no entry action runs twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from transitions import Machine, MachineError
+
+from ..handlers import card as cards
+from ..handlers.gate import evaluate_gate
+from ..handlers.stats import RunningStats
+from ..schemas.config import Config
+from ..schemas.events import Effect, TransitionRecord
+from ..schemas.messages import parse_time, rfc3339
+from .definition import ACTIVE, MACHINE_HASH, STATES, TERMINAL, TRANSITIONS
+from .step import Step
+
+OUTCOME_STATUS = {
+    "Deployed": "completed",
+    "NoChange": "completed",
+    "RolledBack": "rolled_back",
+    "Failed": "failed",
+    "Aborted": "failed",
+}
+
+
+class CycleData(msgspec.Struct, kw_only=True):
+    """Everything a cycle knows; persisted as one JSON snapshot per step."""
+
+    cycle_id: str
+    origin: str                       # daily | run-now | propose
+    actor: str | None = None
+    started_at: str
+    seed: int
+    state: str = "Pending"
+    seq: int = 0
+    state_entered_at: str = ""
+    active_seconds: float = 0.0
+    timer_token: str | None = None
+    awaiting: str | None = None       # effect id whose reply the cycle waits for
+    proposal: dict[str, float] | None = None
+    changes: list[dict[str, Any]] = []
+    analysis: dict[str, Any] = {}
+    base_card: dict[str, Any] = {}
+    base_version: str = ""
+    candidate_card: dict[str, Any] | None = None
+    candidate_version: str | None = None
+    control: dict[str, RunningStats] = {}
+    canary: dict[str, RunningStats] = {}
+    canary_started_at: str | None = None
+    deadline: str | None = None
+    gate: dict[str, Any] | None = None
+    completed_at: str | None = None
+    error: str | None = None
+
+
+class _Fsm:
+    """The model object `transitions` drives; kept apart from CycleData so the
+    machine's trigger methods never collide with our own names."""
+
+    state: str
+
+
+class Cycle:
+    def __init__(self, data: CycleData, config: Config):
+        self.data = data
+        self.config = config
+        self._fsm = _Fsm()
+        Machine(
+            model=self._fsm,
+            states=STATES,
+            transitions=TRANSITIONS,
+            initial=data.state,
+            auto_transitions=False,
+        )
+
+    # --- bookkeeping -------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._fsm.state
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    def _fire(self, step: Step, trigger: str, detail: dict[str, Any]) -> None:
+        d = self.data
+        before = self.state
+        try:
+            self._fsm.trigger(trigger)
+        except MachineError as exc:  # a designed-out move is a bug, never silently ignored
+            raise RuntimeError(f"cycle {d.cycle_id}: {trigger!r} is not allowed from {before}") from exc
+        if before in ACTIVE and d.state_entered_at:
+            d.active_seconds += max(0.0, (step.now - parse_time(d.state_entered_at)).total_seconds())
+        d.seq += 1
+        d.state = self.state
+        d.state_entered_at = step.at
+        record = TransitionRecord(
+            cycle_id=d.cycle_id, seq=d.seq, from_=before, to=self.state, trigger=trigger,
+            at=step.at, cause=step.cause, detail=detail, machine=MACHINE_HASH,
+        )
+        step.transitions.append(record)
+        step.publish("autopilot.evt.transition", msgspec.to_builtins(record), effect_id=f"tr:{d.cycle_id}:{d.seq}")
+        if self.state in ACTIVE:
+            self._arm_timeout(step)
+        if self.done:
+            self._finish(step)
+
+    def _effect_id(self, purpose: str) -> str:
+        return f"{self.data.cycle_id}:{self.data.seq}:{purpose}"
+
+    def _arm_timeout(self, step: Step) -> None:
+        d = self.data
+        budget = self.config.autopilot.max_execution_time_minutes * 60.0 - d.active_seconds
+        d.timer_token = f"timeout:{d.seq}"
+        step.schedule(f"{d.cycle_id}.timeout", step.now + timedelta(seconds=max(budget, 0.0)),
+                      {"kind": "timeout", "cycle_id": d.cycle_id, "token": d.timer_token})
+
+    def _params(self, card: dict[str, Any]) -> dict[str, Any]:
+        return cards.parameter_values(card, list(self.config.parameters))
+
+    def _apply(self, step: Step, purpose: str, arm: str, card: dict[str, Any], version: str, *, await_reply: bool) -> str:
+        effect_id = self._effect_id(purpose)
+        traffic = self.config.autopilot.canary_traffic_percentage if arm == "canary" else 1.0
+        step.effects.append(Effect(effect_id, "apply", {
+            "purpose": purpose,
+            "request": {
+                "effect_id": effect_id, "cycle_id": self.data.cycle_id, "version_id": version,
+                "arm": arm, "traffic_percentage": traffic, "parameters": self._params(card),
+            },
+        }))
+        if await_reply:
+            self.data.awaiting = effect_id
+        return effect_id
+
+    # --- the stages ----------------------------------------------------------------
+
+    def start(self, step: Step, live: dict[str, RunningStats]) -> None:
+        """Pending -> Analyzing -> (Bounded | NoChange)."""
+        d = self.data
+        analysis = {
+            kpi: live.get(kpi, RunningStats()).summary() | {"variance": live.get(kpi, RunningStats()).variance}
+            for kpi in self.config.kpis
+        }
+        d.analysis = {"window_hours": self.config.autopilot.analysis_window_hours, "kpis": analysis}
+        self._fire(step, "start", {"origin": d.origin, "actor": d.actor, "analysis": d.analysis})
+        if not d.proposal:
+            self._fire(step, "no_change", {"reason": "no proposal: no ctl.propose was given and no optimizer is configured"})
+            return
+        problems = self._out_of_bounds(d.proposal)
+        if problems:
+            self._fire(step, "no_change", {"reason": "proposal rejected by bounds", "rejected": problems})
+            return
+        d.changes = [
+            {"parameter_name": name, "old_value": cards.get_path(d.base_card, name, None), "new_value": value,
+             "change_type": "optimization" if d.origin != "propose" else "correction"}
+            for name, value in sorted(d.proposal.items())
+        ]
+        d.candidate_card = cards.with_values(d.base_card, d.proposal)
+        d.candidate_version = cards.version_id(d.candidate_card)
+        bounds = {n: [self.config.parameters[n].min, self.config.parameters[n].max] for n in d.proposal}
+        self._fire(step, "bounds_ok", {"rule": "hard min/max from configuration", "bounds": bounds,
+                                       "changes": d.changes, "candidate_version": d.candidate_version})
+        effect_id = self._effect_id("golden")
+        step.effects.append(Effect(effect_id, "golden", {"request": {
+            "cycle_id": d.cycle_id, "version_id": d.candidate_version, "parameters": self._params(d.candidate_card),
+        }}))
+        d.awaiting = effect_id
+
+    def _out_of_bounds(self, proposal: dict[str, float]) -> list[dict[str, Any]]:
+        problems = []
+        for name, value in sorted(proposal.items()):
+            spec = self.config.parameters.get(name)
+            if spec is None:
+                problems.append({"parameter": name, "value": value, "rule": "not a configured parameter"})
+            elif not spec.min <= value <= spec.max:
+                problems.append({"parameter": name, "value": value, "rule": f"outside [{spec.min}, {spec.max}]"})
+        return problems
+
+    def golden_result(self, step: Step, passed: bool, detail: dict[str, Any]) -> None:
+        self.data.awaiting = None
+        if not passed:
+            self.data.error = "golden-set validation failed"
+            self._fire(step, "golden_failed", detail)
+            return
+        self._fire(step, "golden_passed", detail)
+        d = self.data
+        self._apply(step, "canary", "canary", d.candidate_card or {}, d.candidate_version or "", await_reply=True)
+
+    def canary_apply_result(self, step: Step, applied: bool, error: str | None) -> None:
+        d = self.data
+        d.awaiting = None
+        if not applied:
+            d.error = f"canary apply failed: {error}"
+            # A timed-out apply may still have landed: put the canary arm back, to be safe.
+            self._apply(step, "canary_rollback", "canary", d.base_card, d.base_version, await_reply=False)
+            self._fire(step, "canary_apply_failed", {"error": error, "precautionary_rollback": True})
+            return
+        duration = timedelta(minutes=self.config.autopilot.canary_duration_minutes)
+        d.canary_started_at = step.at
+        d.deadline = rfc3339(step.now + duration)
+        d.control, d.canary = {}, {}
+        self._fire(step, "canary_started", {
+            "canary_id": f"{d.cycle_id}-canary", "version_id": d.candidate_version, "deadline": d.deadline,
+            "traffic_percentage": self.config.autopilot.canary_traffic_percentage,
+        })
+        d.timer_token = None
+        step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id})
+        self._arm_check(step)
+        step.record_canary(self)
+
+    def _arm_check(self, step: Step) -> None:
+        d = self.data
+        at = step.now + timedelta(minutes=self.config.autopilot.check_interval_minutes)
+        if d.deadline and at < parse_time(d.deadline):
+            step.schedule(f"{d.cycle_id}.check", at, {"kind": "check", "cycle_id": d.cycle_id})
+
+    def add_metric(self, arm: str, kpi: str, version_id: str | None, stats: RunningStats) -> bool:
+        """Count a metric batch for the running canary; False when it does not belong."""
+        d = self.data
+        if self.state != "Canary" or kpi not in self.config.kpis:
+            return False
+        if arm == "canary":
+            if version_id is not None and version_id != d.candidate_version:
+                return False
+            d.canary[kpi] = d.canary.get(kpi, RunningStats()).merge(stats)
+        elif arm == "control":
+            d.control[kpi] = d.control.get(kpi, RunningStats()).merge(stats)
+        else:
+            return False
+        return True
+
+    def evaluate(self, step: Step, *, final: bool) -> None:
+        """A check (final=False) or the deadline (final=True)."""
+        if self.state != "Canary":
+            return
+        d = self.data
+        cfg = self.config.autopilot
+        decision = evaluate_gate(
+            self.config.kpis, d.control, d.canary,
+            confidence=cfg.statistical_confidence_threshold, min_samples=cfg.min_samples_per_arm, final=final,
+        )
+        if decision.recommendation == "continue":
+            self._arm_check(step)
+            return
+        self.judge(step, decision.recommendation, msgspec.to_builtins(decision), rule="deadline" if final else "early stop")
+
+    def judge(self, step: Step, recommendation: str, explanation: dict[str, Any], *, rule: str) -> None:
+        """Canary -> Gated, then the decision's consequence."""
+        d = self.data
+        d.gate = {"recommendation": recommendation, "rule": rule, **explanation}
+        self._fire(step, "judge", {"recommendation": recommendation, "rule": rule,
+                                   "control": {k: v.summary() for k, v in d.control.items()},
+                                   "canary": {k: v.summary() for k, v in d.canary.items()},
+                                   "decision": explanation})
+        step.record_canary(self)
+        if recommendation == "proceed":
+            self._apply(step, "live", "live", d.candidate_card or {}, d.candidate_version or "", await_reply=True)
+        else:
+            self._rollback_canary(step, f"gate said {recommendation}: {explanation.get('reason', rule)}")
+
+    def _rollback_canary(self, step: Step, why: str) -> None:
+        d = self.data
+        effect_id = self._apply(step, "canary_rollback", "canary", d.base_card, d.base_version, await_reply=False)
+        self._fire(step, "rolled_back", {"reason": why, "restored_version": d.base_version, "effect_id": effect_id})
+
+    def live_apply_result(self, step: Step, applied: bool, error: str | None) -> None:
+        d = self.data
+        d.awaiting = None
+        if not applied:
+            d.error = f"live apply failed: {error}"
+            self._apply(step, "live_rollback", "live", d.base_card, d.base_version, await_reply=False)
+            self._rollback_canary(step, f"live deployment failed ({error}); previous version restored")
+            return
+        step.effects.append(Effect(self._effect_id("card"), "write_card", {
+            "card": d.candidate_card, "version_id": d.candidate_version, "changes": d.changes,
+            "rationale": f"cycle {d.cycle_id} ({d.origin}): {(d.gate or {}).get('reason', '')}",
+        }))
+        self._fire(step, "deployed", {"version_id": d.candidate_version, "previous_version": d.base_version})
+
+    def fail(self, step: Step, why: str) -> None:
+        """Fail-safe: anything that might be deployed is put back."""
+        d = self.data
+        d.error = why
+        if self.state in ("Validated", "Canary", "Gated"):
+            self._apply(step, "canary_rollback", "canary", d.base_card, d.base_version, await_reply=False)
+        if self.state == "Gated":
+            self._apply(step, "live_rollback", "live", d.base_card, d.base_version, await_reply=False)
+        self._fire(step, "fail", {"reason": why})
+
+    def cancel(self, step: Step, why: str) -> None:
+        d = self.data
+        if self.state == "Validated":
+            self._apply(step, "canary_rollback", "canary", d.base_card, d.base_version, await_reply=False)
+        self._fire(step, "cancel", {"reason": why})
+
+    def _finish(self, step: Step) -> None:
+        d = self.data
+        d.completed_at = step.at
+        d.awaiting = None
+        d.timer_token = None
+        outcome = {"cycle_id": d.cycle_id, "outcome": self.state, "status": OUTCOME_STATUS[self.state],
+                   "started_at": d.started_at, "completed_at": d.completed_at, "origin": d.origin,
+                   "changes": d.changes, "version_id": d.candidate_version if self.state == "Deployed" else d.base_version,
+                   "error": d.error, "gate": (d.gate or {}).get("recommendation")}
+        step.publish("autopilot.evt.cycle", outcome, effect_id=f"cycle:{d.cycle_id}")
+        if self.state in ("RolledBack", "Failed"):
+            step.publish("autopilot.evt.alert", {
+                "kind": "cycle_" + self.state.lower(), "cycle_id": d.cycle_id, "at": step.at,
+                "message": d.error or (d.gate or {}).get("reason") or self.state,
+            }, effect_id=f"alert:{d.cycle_id}")

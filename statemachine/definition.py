@@ -1,0 +1,53 @@
+"""The cycle's states and designed transitions, and the hash that names them.
+
+``Analyzing -> Bounded -> Validated -> Canary -> Gated -> Deployed | RolledBack``
+is the design's path; ``Pending`` (before the start), ``NoChange``,
+``Aborted`` (cancelled by an operator before a canary ran) and ``Failed``
+(a fail-safe fired) are ours. ``auto_transitions=False``: nothing else exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+STATES = [
+    "Pending",
+    "Analyzing",
+    "Bounded",
+    "Validated",
+    "Canary",
+    "Gated",
+    "Deployed",
+    "RolledBack",
+    "NoChange",
+    "Aborted",
+    "Failed",
+]
+
+TERMINAL = frozenset({"Deployed", "RolledBack", "NoChange", "Aborted", "Failed"})
+
+# Stages in which the cycle does active work (counted against
+# max_execution_time_minutes); Canary is waiting for traffic, not work.
+ACTIVE = frozenset({"Analyzing", "Bounded", "Validated", "Gated"})
+
+TRANSITIONS = [
+    {"trigger": "start", "source": "Pending", "dest": "Analyzing"},
+    {"trigger": "bounds_ok", "source": "Analyzing", "dest": "Bounded"},
+    {"trigger": "no_change", "source": "Analyzing", "dest": "NoChange"},
+    {"trigger": "golden_passed", "source": "Bounded", "dest": "Validated"},
+    {"trigger": "golden_failed", "source": "Bounded", "dest": "Failed"},
+    {"trigger": "canary_started", "source": "Validated", "dest": "Canary"},
+    {"trigger": "canary_apply_failed", "source": "Validated", "dest": "Failed"},
+    {"trigger": "judge", "source": "Canary", "dest": "Gated"},
+    {"trigger": "deployed", "source": "Gated", "dest": "Deployed"},
+    {"trigger": "rolled_back", "source": "Gated", "dest": "RolledBack"},
+    {"trigger": "cancel", "source": ["Analyzing", "Bounded", "Validated"], "dest": "Aborted"},
+    {"trigger": "fail", "source": ["Analyzing", "Bounded", "Validated", "Canary", "Gated"], "dest": "Failed"},
+]
+
+MACHINE_HASH = hashlib.sha256(
+    json.dumps({"states": STATES, "transitions": TRANSITIONS}, sort_keys=True).encode()
+).hexdigest()[:16]
+"""Stored in every transition record, so a replay can tell when the
+definition changed between recording and review."""

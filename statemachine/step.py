@@ -1,0 +1,78 @@
+"""The output of one step of the core: what one inbound event caused.
+
+A :class:`Step` is created per inbound event with its time and cause; the
+core appends transition records, effects and domain rows to it, and infra
+writes all of them in the event's one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..schemas.events import Effect, Inbound, TransitionRecord
+from ..schemas.messages import parse_time, rfc3339
+
+if TYPE_CHECKING:
+    from .cycle import Cycle
+
+
+class Step:
+    def __init__(self, inbound: Inbound):
+        self.inbound = inbound
+        self.at: str = inbound.at
+        self.now: datetime = parse_time(inbound.at)
+        self.cause: dict[str, Any] = {"subject": inbound.subject, "key": inbound.key}
+        if inbound.stream_seq is not None:
+            self.cause["stream_seq"] = inbound.stream_seq
+        self.transitions: list[TransitionRecord] = []
+        self.effects: list[Effect] = []
+        self.cycle_rows: list[dict[str, Any]] = []
+        self.canary_rows: list[dict[str, Any]] = []
+        self.reply: dict[str, Any] | None = None
+        self.command: dict[str, Any] | None = None   # the command row to store, if any
+        self.counters: dict[str, int] = {}
+        self._n = 0
+
+    def next_id(self, purpose: str) -> str:
+        self._n += 1
+        return f"{self.inbound.key}:{self._n}:{purpose}"
+
+    def publish(self, tail: str, body: dict[str, Any], *, effect_id: str | None = None) -> None:
+        self.effects.append(Effect(effect_id or self.next_id("evt"), "publish", body, subject=tail))
+
+    def schedule(self, name: str, at: datetime, event: dict[str, Any]) -> None:
+        self.effects.append(Effect(self.next_id("timer"), "schedule", {"name": name, "at": rfc3339(at), "event": event}))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def record_cycle(self, cycle: "Cycle") -> None:
+        d = cycle.data
+        from .cycle import OUTCOME_STATUS
+
+        self.cycle_rows.append({
+            "cycle_id": d.cycle_id, "started_at": d.started_at, "completed_at": d.completed_at,
+            "status": OUTCOME_STATUS.get(cycle.state, "running"),
+            "metrics_analysis": d.analysis, "proposed_changes": d.changes,
+            "deployment_result": {"state": cycle.state, "version_id": d.candidate_version, "gate": d.gate},
+            "error_message": d.error, "snapshot": msgspec.to_builtins(d),
+        })
+
+    def record_canary(self, cycle: "Cycle") -> None:
+        d = cycle.data
+        self.canary_rows.append({
+            "canary_id": f"{d.cycle_id}-canary", "cycle_id": d.cycle_id, "started_at": d.canary_started_at,
+            "completed_at": step_completed(d), "traffic_percentage": cycle.config.autopilot.canary_traffic_percentage,
+            "control_metrics": {k: v.summary() for k, v in d.control.items()},
+            "canary_metrics": {k: v.summary() for k, v in d.canary.items()},
+            "statistical_significance": (d.gate or {}).get("statistical_significance"),
+            "recommendation": (d.gate or {}).get("recommendation"),
+            "result": d.gate,
+        })
+
+
+def step_completed(d) -> str | None:
+    return d.state_entered_at if d.gate else None
