@@ -1,20 +1,58 @@
-"""The canary KPI gate: compare the canary arm with the control arm, per KPI.
+"""The canary KPI gate: an anytime-valid judge of canary against control.
 
 ``evaluate_gate`` is pure: per-arm sufficient statistics in, a decision with
-its full explanation out. This is the fixed-horizon judge (one Welch test per
-KPI at the deadline); it never passes silently on missing data.
+its full explanation out. It needs no state between looks: the state machine
+calls it at every check (``final=False``) with the current statistics and the
+elapsed fraction of the window, and once at the deadline (``final=True``).
+
+Per KPI (see :mod:`.effect` and :mod:`.sequential`):
+
+- effect: relative lift with delta-method variance and Welch-Satterthwaite df
+  (absolute difference when the control mean is near zero), signed so that
+  positive is good (``direction``); ``margin`` is the relative
+  non-inferiority margin (times ``|control mean|`` in absolute mode);
+- harm: anytime-valid one-sided test of "good effect < -margin";
+- non-inferiority: anytime-valid one-sided test of "good effect > -margin";
+- reported interval: the two one-sided anytime-valid bounds at ``confidence``.
+
+Decision, in this order (alpha = 1 - confidence):
+
+1. sample-ratio mismatch in a KPI with data (the chi-square statistic of its
+   arm counts against ``traffic_fraction``, as an anytime-valid p-value,
+   p < ``srm_threshold``) -> ``inconclusive`` (``action="rollback"``: results
+   that cannot be trusted are never extended);
+2. harm in any KPI, Holm step-down over the configured KPIs at alpha ->
+   ``rollback``;
+3. at the deadline, a critical KPI with fewer than ``min_samples`` in an arm ->
+   ``rollback``; any other such KPI -> ``inconclusive`` naming it;
+4. every KPI has data and is non-inferior, and the weighted improvement score is
+   significant (anytime-valid, one-sided at alpha) -> ``proceed``;
+5. at the deadline -> ``inconclusive``; before it -> ``continue``.
+
+``inconclusive`` carries ``action``: ``inconclusive_action`` ("rollback" or
+"extend"; ``extend=True`` with the latter). The mixture is tuned in information
+time (``elapsed_fraction``), so an extension keeps its guarantees: keep calling
+with ``elapsed_fraction`` measured against the original window (it then exceeds
+1), and pass ``inconclusive_action="rollback"`` after the one extension.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Mapping
 
 import msgspec
 
 from ..schemas.config import KpiSpec
-from .stats import RunningStats, welch
+from .effect import estimate_effect
+from .sequential import boundary, optimal_r, p_value, t_to_z, z_to_t
+from .stats import RunningStats, srm_pvalue, srm_pvalue_anytime
 
 Recommendation = Literal["proceed", "rollback", "inconclusive", "continue"]
+Action = Literal["proceed", "rollback", "extend", "continue"]
+METHOD = "msprt-normal-mixture"
+SRM_THRESHOLD = 0.001
+_MIN_FRACTION = 1e-3
 
 
 class KpiVerdict(msgspec.Struct, frozen=True):
@@ -27,24 +65,60 @@ class KpiVerdict(msgspec.Struct, frozen=True):
     canary_mean: float | None
     lift: float | None          # relative, canary vs control (None: baseline ~ 0)
     diff: float | None          # absolute difference canary - control
-    p_value: float | None
-    verdict: Literal["harm", "improvement", "neutral", "no_data"]
+    p_value: float | None       # anytime-valid p of the test that decided (harm or non-inferiority)
+    verdict: Literal["harm", "improvement", "non_inferior", "neutral", "no_data"]
     rule: str
+    mode: Literal["relative", "absolute", "none"] = "none"   # units of estimate/interval/margin
+    estimate: float | None = None     # lift (relative) or diff (absolute), canary vs control
+    interval: tuple[float, float] | None = None   # anytime-valid bounds on ``estimate``, each at confidence
+    se: float | None = None
+    df: float | None = None
+    margin: float | None = None       # non-inferiority margin in ``mode`` units
+    p_harm: float | None = None       # anytime-valid p, H0: not worse than the margin
+    p_noninferior: float | None = None  # anytime-valid p, H0: worse than the margin
+    srm_p: float | None = None        # anytime-valid SRM p of this KPI's arm counts (decides)
+    srm_chi2_p: float | None = None   # classic one-look chi-square p, for the record
 
 
 class GateDecision(msgspec.Struct, frozen=True):
     recommendation: Recommendation
     reason: str
     kpis: list[KpiVerdict]
-    statistical_significance: float   # smallest p-value that decided (1.0 if none)
+    statistical_significance: float   # p-value of the deciding test; for continue/inconclusive the evidence to proceed so far
     confidence_level: float
     improvement_pct: float | None = None
     degradation_pct: float | None = None
-    method: str = "welch-fixed-horizon"
+    method: str = METHOD
+    action: Action = "continue"       # what the machine should do next
+    extend: bool = False              # action == "extend"
+    final: bool = False
+    elapsed_fraction: float = 1.0
+    score: float | None = None        # weighted relative improvement (positive = good)
+    score_lower: float | None = None  # its anytime-valid lower bound at confidence
+    p_improvement: float | None = None
+    srm_p: float | None = None        # smallest anytime-valid SRM p-value over KPIs with data
+    mixture_r: float | None = None    # mixture variance / end-of-window variance
 
 
-def _good_sign(spec: KpiSpec) -> float:
-    return 1.0 if spec.direction == "increase" else -1.0
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+class _Kpi:
+    """Working values for one KPI (not exported)."""
+
+    __slots__ = ("name", "spec", "a", "b", "eff", "g", "m", "p_harm", "p_ni", "lo", "hi", "srm", "srm_chi2")
+
+    def __init__(self, name: str, spec: KpiSpec, a: RunningStats, b: RunningStats) -> None:
+        self.name, self.spec, self.a, self.b = name, spec, a, b
+        self.eff = None
+        self.g = 1.0 if spec.direction == "increase" else -1.0
+        self.m = 0.0
+        self.p_harm = 1.0
+        self.p_ni = 1.0
+        self.lo = self.hi = 0.0
+        self.srm: float | None = None
+        self.srm_chi2: float | None = None
 
 
 def evaluate_gate(
@@ -55,60 +129,169 @@ def evaluate_gate(
     confidence: float,
     min_samples: int,
     final: bool,
+    traffic_fraction: float = 0.2,
+    elapsed_fraction: float = 1.0,
+    inconclusive_action: str = "rollback",
+    srm_threshold: float = SRM_THRESHOLD,
 ) -> GateDecision:
-    """Judge the canary. Before the deadline (``final=False``) the fixed-horizon
-    judge only answers ``continue``: looking early would inflate its errors."""
+    """Judge the canary at one look (see the module docstring for the rule)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if inconclusive_action not in ("rollback", "extend"):
+        raise ValueError(f"inconclusive_action must be 'rollback' or 'extend', got {inconclusive_action!r}")
     alpha = 1.0 - confidence
-    if not final:
-        return GateDecision("continue", "fixed-horizon gate waits for the deadline", [], 1.0, confidence)
-    verdicts: list[KpiVerdict] = []
+    frac = max(float(elapsed_fraction), _MIN_FRACTION) if math.isfinite(elapsed_fraction) else 1.0
+    r = optimal_r(round(alpha, 12)) * frac
+    z_bound = boundary(r, round(alpha, 12))
+    min_n = max(int(min_samples), 2)
+
+    work: list[_Kpi] = []
     for name, spec in kpis.items():
-        a, b = control.get(name, RunningStats()), canary.get(name, RunningStats())
-        if a.n < min_samples or b.n < min_samples:
-            verdicts.append(KpiVerdict(
-                name, spec.direction, spec.critical, a.n, b.n,
-                a.mean if a.n else None, b.mean if b.n else None, None, None, None, "no_data",
-                f"fewer than {min_samples} samples in an arm",
-            ))
+        k = _Kpi(name, spec, control.get(name) or RunningStats(), canary.get(name) or RunningStats())
+        work.append(k)
+        if k.a.n < min_n or k.b.n < min_n:
             continue
-        w = welch(a, b)
-        good = _good_sign(spec) * w.diff
-        if w.p_value < alpha and good < 0:
-            verdict, rule = "harm", f"significant harm (p={w.p_value:.3g} < {alpha:.3g})"
-        elif w.p_value < alpha and good > 0:
-            verdict, rule = "improvement", f"significant improvement (p={w.p_value:.3g} < {alpha:.3g})"
+        eff = estimate_effect(k.a, k.b)
+        k.eff = eff
+        k.m = spec.margin if eff.mode == "relative" else spec.margin * abs(k.a.mean)
+        k.srm = srm_pvalue_anytime(k.a.n, k.b.n, traffic_fraction, elapsed_fraction=frac, alpha=srm_threshold)
+        k.srm_chi2 = srm_pvalue(k.a.n, k.b.n, traffic_fraction)
+        good = k.g * eff.estimate + k.m       # > 0: within the margin
+        if eff.se > 0.0:
+            z = t_to_z(good / eff.se, eff.df)
+            k.p_ni, k.p_harm = p_value(z, r), p_value(-z, r)
+            half = eff.se * z_to_t(z_bound, eff.df)
+            k.lo, k.hi = eff.estimate - half, eff.estimate + half
+        else:  # both arms constant: the effect is known exactly
+            k.p_ni, k.p_harm = (0.0, 1.0) if good >= 0.0 else (1.0, 0.0)
+            k.lo = k.hi = eff.estimate
+
+    # Holm step-down over all configured KPIs (a KPI without data never rejects).
+    n_kpis = len(work)
+    harmed: set[str] = set()
+    for i, k in enumerate(sorted((k for k in work if k.eff is not None), key=lambda k: k.p_harm)):
+        if k.p_harm <= alpha / (n_kpis - i):
+            harmed.add(k.name)
         else:
-            verdict, rule = "neutral", f"no significant difference (p={w.p_value:.3g})"
-        verdicts.append(KpiVerdict(
-            name, spec.direction, spec.critical, a.n, b.n, a.mean, b.mean, w.lift, w.diff, w.p_value, verdict, rule,
-        ))
-    return _decide(verdicts, confidence)
+            break
 
+    # Weighted improvement score over relative-mode KPIs with weight > 0 (a KPI
+    # in absolute mode, baseline ~ 0, stays a guardrail only). Its
+    # standard error assumes the worst case (perfectly correlated KPIs):
+    # se <= sum w_i se_i / W, valid whatever the correlation between KPIs.
+    scored = [k for k in work if k.eff is not None and k.eff.mode == "relative" and k.spec.weight > 0]
+    score = score_lo = p_imp = None
+    if scored:
+        wsum = sum(k.spec.weight for k in scored)
+        score = sum(k.spec.weight * k.g * k.eff.estimate for k in scored) / wsum
+        se = sum(k.spec.weight * k.eff.se for k in scored) / wsum
+        df = min(k.eff.df for k in scored)
+        if se > 0.0:
+            p_imp = p_value(t_to_z(score / se, df), r)
+            score_lo = score - se * z_to_t(z_bound, df)
+        else:
+            p_imp = 0.0 if score > 0 else 1.0
+            score_lo = score
 
-def _signed_pct(v: KpiVerdict) -> float | None:
-    if v.lift is None:
-        return None
-    return 100.0 * v.lift * (1.0 if v.direction == "increase" else -1.0)
+    verdicts = [_verdict(k, harmed, alpha, min_n) for k in work]
+    srm_ps = [(k.srm, k.name) for k in work if k.srm is not None]
+    srm_min = min(srm_ps) if srm_ps else None
 
+    def decision(rec: Recommendation, reason: str, significance: float, action: Action, **kw) -> GateDecision:
+        imp = deg = None
+        if score is not None:
+            imp, deg = (100.0 * score, None) if score >= 0 else (None, -100.0 * score)
+        kw.setdefault("improvement_pct", imp)
+        kw.setdefault("degradation_pct", deg)
+        return GateDecision(
+            rec, reason, verdicts, min(max(significance, 0.0), 1.0), confidence,
+            action=action, extend=action == "extend", final=final, elapsed_fraction=float(elapsed_fraction),
+            score=score, score_lower=score_lo, p_improvement=p_imp,
+            srm_p=srm_min[0] if srm_min else None, mixture_r=r, **kw)
 
-def _decide(verdicts: list[KpiVerdict], confidence: float) -> GateDecision:
-    harmed = [v for v in verdicts if v.verdict == "harm"]
-    missing_critical = [v for v in verdicts if v.verdict == "no_data" and v.critical]
-    missing = [v for v in verdicts if v.verdict == "no_data"]
-    improved = [v for v in verdicts if v.verdict == "improvement"]
-    p_min = min((v.p_value for v in verdicts if v.p_value is not None), default=1.0)
+    inconclusive_act: Action = "extend" if inconclusive_action == "extend" else "rollback"
+
+    # 1. Sample-ratio mismatch: nothing else can be trusted.
+    if srm_min is not None and srm_min[0] < srm_threshold:
+        bad = [k for k in work if k.srm is not None and k.srm < srm_threshold]
+        names = ", ".join(f"{k.name} (control {k.a.n}, canary {k.b.n}, p={k.srm:.2g})" for k in bad)
+        return decision("inconclusive",
+                        f"sample ratio mismatch against canary share {traffic_fraction:g}: {names}",
+                        srm_min[0], "rollback")
+
+    # 2. Harm, family-wise controlled (Holm).
     if harmed:
-        worst = min((_signed_pct(v) or 0.0) for v in harmed)
-        names = ", ".join(v.kpi for v in harmed)
-        return GateDecision("rollback", f"harm in {names}", verdicts, p_min, confidence, degradation_pct=-worst)
-    if missing_critical:
-        names = ", ".join(v.kpi for v in missing_critical)
-        return GateDecision("rollback", f"no data for critical KPI {names}", verdicts, 1.0, confidence)
+        hk = [k for k in work if k.name in harmed]
+        rel = [-100.0 * k.g * k.eff.estimate for k in hk if k.eff.mode == "relative"]
+        names = ", ".join(f"{k.name} (p={k.p_harm:.2g})" for k in hk)
+        return decision("rollback", f"harm beyond the margin in {names} (Holm at alpha={_fmt(alpha)})",
+                        min(k.p_harm for k in hk), "rollback",
+                        degradation_pct=max(rel) if rel else None, improvement_pct=None)
+
+    missing = [k for k in work if k.eff is None]
+    evidence = max([p_imp if p_imp is not None else 1.0] + [k.p_ni for k in work])
+
+    # 3. Missing data at the deadline is never a pass.
+    if final and missing:
+        crit = [k for k in missing if k.spec.critical]
+        if crit:
+            return decision("rollback", "no data for critical KPI " + _names(crit, min_n), 1.0, "rollback")
+        return decision("inconclusive", "no data for KPI " + _names(missing, min_n), 1.0, inconclusive_act)
+
+    # 4. Proceed: all non-inferior and a significant weighted improvement.
+    not_ni = [k for k in work if k.eff is None or k.p_ni > alpha]
+    if not missing and not not_ni and p_imp is not None and p_imp <= alpha:
+        return decision("proceed",
+                        f"every KPI non-inferior within its margin and weighted improvement "
+                        f"{100 * score:+.3g}% significant (p={p_imp:.2g} <= {_fmt(alpha)})",
+                        evidence, "proceed")
+
+    # 5. Not yet, or never.
+    why = []
     if missing:
-        names = ", ".join(v.kpi for v in missing)
-        return GateDecision("inconclusive", f"no data for KPI {names}", verdicts, 1.0, confidence)
-    if improved:
-        best = max((_signed_pct(v) or 0.0) for v in improved)
-        names = ", ".join(v.kpi for v in improved)
-        return GateDecision("proceed", f"improvement in {names}, no harm", verdicts, p_min, confidence, improvement_pct=best)
-    return GateDecision("inconclusive", "no significant difference in any KPI", verdicts, p_min, confidence)
+        why.append("waiting for data on " + _names(missing, min_n))
+    if not_ni and len(not_ni) > len(missing):
+        why.append("non-inferiority not shown for " + ", ".join(
+            f"{k.name} (p={k.p_ni:.2g})" for k in not_ni if k.eff is not None))
+    if p_imp is None:
+        if not missing:
+            why.append("no weighted KPI with a relative lift to score the improvement")
+    elif p_imp > alpha:
+        why.append(f"weighted improvement {100 * score:+.3g}% not significant (p={p_imp:.2g})")
+    reason = "; ".join(why) or "undecided"
+    if final:
+        return decision("inconclusive", reason, evidence, inconclusive_act)
+    return decision("continue", reason, evidence, "continue")
+
+
+def _names(ks: list[_Kpi], min_n: int) -> str:
+    return ", ".join(f"{k.name} (control {k.a.n}, canary {k.b.n}, need {min_n} per arm)" for k in ks)
+
+
+def _verdict(k: _Kpi, harmed: set[str], alpha: float, min_n: int) -> KpiVerdict:
+    spec, a, b, eff = k.spec, k.a, k.b, k.eff
+    if eff is None:
+        return KpiVerdict(
+            k.name, spec.direction, spec.critical, a.n, b.n,
+            a.mean if a.n else None, b.mean if b.n else None, None, None, None, "no_data",
+            f"fewer than {min_n} samples in an arm (control {a.n}, canary {b.n})",
+            srm_p=k.srm, srm_chi2_p=k.srm_chi2)
+    unit = "" if eff.mode == "relative" else " (absolute)"
+    # good-direction lower bound of the effect
+    good_lo = k.lo if k.g > 0 else -k.hi
+    if k.name in harmed:
+        verdict, p = "harm", k.p_harm
+        rule = f"harm beyond margin {_fmt(k.m)}{unit}: anytime p={k.p_harm:.3g}, rejected by Holm at {_fmt(alpha)}"
+    elif k.p_ni <= alpha and good_lo > 0.0:
+        verdict, p = "improvement", k.p_ni
+        rule = f"better than control: bound excludes 0, non-inferior (p={k.p_ni:.3g})"
+    elif k.p_ni <= alpha:
+        verdict, p = "non_inferior", k.p_ni
+        rule = f"non-inferior within margin {_fmt(k.m)}{unit} (anytime p={k.p_ni:.3g} <= {_fmt(alpha)})"
+    else:
+        verdict, p = "neutral", min(k.p_ni, k.p_harm)
+        rule = f"undecided: p(non-inferior)={k.p_ni:.3g}, p(harm)={k.p_harm:.3g}"
+    return KpiVerdict(
+        k.name, spec.direction, spec.critical, a.n, b.n, a.mean, b.mean, eff.lift, eff.diff, p, verdict, rule,
+        mode=eff.mode, estimate=eff.estimate, interval=(k.lo, k.hi), se=eff.se, df=eff.df, margin=k.m,
+        p_harm=k.p_harm, p_noninferior=k.p_ni, srm_p=k.srm, srm_chi2_p=k.srm_chi2)
