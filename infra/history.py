@@ -205,8 +205,8 @@ class ParameterHistory:
         return self.history_dir / f"{check_version_id(version_id)}.json"
 
     def get_version(self, version_id: str) -> ParameterVersion:
-        """The stored version, checked; :class:`VersionNotFound` or :class:`CorruptVersion`."""
-        return self._load(check_version_id(version_id))[0]
+        """The stored version, its card checked against its name; :class:`VersionNotFound` or :class:`CorruptVersion`."""
+        return self._load(check_version_id(version_id), parse=False)[0]
 
     def load_card(self, version_id: str) -> dict[str, Any]:
         """The card of a stored version, checked against its name."""
@@ -219,7 +219,7 @@ class ParameterHistory:
         versions = []
         for vid in self._stored_ids():
             try:
-                versions.append(self._load(vid)[0])
+                versions.append(self._load(vid, parse=False)[0])
             except CorruptVersion as exc:
                 log.warning("skipping corrupt history version: %s", exc)
             except VersionNotFound:
@@ -285,9 +285,8 @@ class ParameterHistory:
         """Attach (or replace) the deployment result of a stored version."""
         vid = check_version_id(version_id)
         with self._lock.held():
-            version = self._load(vid)[0]
-            self._write_meta(version, deployment_result=msgspec.to_builtins(result))
-            return self._load(vid)[0]
+            version = self._load(vid, parse=False)[0]
+            return self._write_meta(version, deployment_result=msgspec.to_builtins(result))
 
     def deploy(
         self, card: Mapping[str, Any], changes: Sequence[Any], rationale: str, at: datetime
@@ -329,15 +328,15 @@ class ParameterHistory:
             self._back_up_live(old, PRE_ROLLBACK_BACKUP, at)
             self._trace("rollback.backed_up")
             self._replace_live(data, vid, old, "rollback")
-            self._write_meta(target, touched_at=max(at, target.touched_at))  # it was live at `at`: retention counts from here
+            target = self._write_meta(target, touched_at=max(at, target.touched_at))  # live at `at`: retention counts from here
             self._trace("rollback.touched")
-            return self._load(vid)[0]
+            return target
 
     def mark_known_good(self, version_id: str) -> None:
         """Remember ``version_id`` (a stored, intact version) as the last known-good card."""
         vid = check_version_id(version_id)
         with self._lock.held():
-            self._load(vid)
+            self._load(vid, parse=False)
             state = json.dumps({"last_known_good": vid}, sort_keys=True).encode()
             atomic_write_bytes(self.history_dir / _STATE_FILE, state)
 
@@ -419,7 +418,9 @@ class ParameterHistory:
             if _CARD_FILE.fullmatch(name) and f"{name[:64]}.meta.json" not in names
         ]
 
-    def _load(self, vid: str) -> tuple[ParameterVersion, dict[str, Any]]:
+    def _load(self, vid: str, parse: bool = True) -> tuple[ParameterVersion, dict[str, Any] | None]:
+        """The version and (with ``parse``) its card. The hash check is what matters:
+        a file that hashes to its name holds exactly the canonical JSON once stored."""
         card_path = self.history_dir / f"{vid}.json"
         meta_path = self.history_dir / f"{vid}.meta.json"
         meta_bytes = _read_bytes(meta_path)
@@ -433,8 +434,8 @@ class ParameterHistory:
         actual = _sha256(data)
         if actual != vid:
             raise CorruptVersion(f"version {vid}: card file hashes to {actual}, not to its name")
-        card = _decode_card(data)
-        if card is None:
+        card = _decode_card(data) if parse else None
+        if parse and card is None:
             raise CorruptVersion(f"version {vid}: card file is not a JSON object")
         try:
             meta = json.loads(meta_bytes)
@@ -458,7 +459,7 @@ class ParameterHistory:
     ) -> ParameterVersion:
         vid = _sha256(data)
         try:
-            existing = self._load(vid)[0]
+            existing = self._load(vid, parse=False)[0]
         except VersionNotFound:
             existing = None
         except CorruptVersion as exc:
@@ -469,9 +470,9 @@ class ParameterHistory:
             result = existing.deployment_result
             if result is None and deployment_result is not None:
                 result = msgspec.to_builtins(deployment_result)
-            self._write_meta(existing, touched_at=max(at, existing.touched_at), deployment_result=result)
+            updated = self._write_meta(existing, touched_at=max(at, existing.touched_at), deployment_result=result)
             self._trace("store.meta_written")
-            return self._load(vid)[0]
+            return updated
         version = ParameterVersion(
             version_id=vid,
             timestamp=at,
@@ -488,7 +489,7 @@ class ParameterHistory:
         self._trace("store.meta_written")
         return version
 
-    def _write_meta(self, version: ParameterVersion, **updates: Any) -> None:
+    def _write_meta(self, version: ParameterVersion, **updates: Any) -> ParameterVersion:
         fields = {
             "touched_at": version.touched_at,
             "deployment_result": version.deployment_result,
@@ -503,6 +504,7 @@ class ParameterHistory:
             file_path=version.file_path,
         )
         atomic_write_bytes(self.history_dir / f"{version.version_id}.meta.json", self._meta_bytes(updated))
+        return updated
 
     @staticmethod
     def _meta_bytes(version: ParameterVersion) -> bytes:
@@ -516,6 +518,10 @@ class ParameterHistory:
     def _back_up_live(self, old: bytes | None, rationale: str, at: datetime) -> None:
         """Store the live card as a version before it is replaced (idempotent)."""
         if old is None:
+            return
+        if (self.history_dir / f"{_sha256(old)}.meta.json").exists():
+            # already a version (the usual case): its bytes are canonical, no need to re-encode
+            self._store(old, [], rationale, at, None)
             return
         card = _decode_card(old)
         if card is None:
