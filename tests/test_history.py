@@ -341,3 +341,13 @@ def test_retention_argument_is_checked(hist: ParameterHistory) -> None:
 def test_to_dict_is_json_ready(hist: ParameterHistory) -> None:
     v = hist.deploy(CARD_A, [CHANGE], "first", T0)
     assert json.loads(json.dumps(v.to_dict()))["timestamp"] == "2026-11-26T03:00:00Z"
+
+
+def test_seed_parameter_change_structs_are_stored_as_json(hist: ParameterHistory) -> None:
+    from vvtv_autopilot.handlers.changes import ChangeType, manual_change
+
+    change = manual_change("selection.diversity_weight", 0.3, 0.42, ChangeType.ROLLBACK)
+    v = hist.deploy(CARD_B, [change], "operator rollback", T0)
+    (stored,) = hist.get_version(v.version_id).changes
+    assert stored["parameter_name"] == "selection.diversity_weight" and stored["change_type"] == "rollback"
+    assert stored["expected_impact"]["model"] == "manual"
