@@ -1,0 +1,131 @@
+"""Monte Carlo error rates of the sequential gate, on simulated sufficient
+statistics (fixed seeds, 2,000 paths per case, a look every minute of a
+60-minute canary at 100 units a minute split 80/20 unless said otherwise).
+
+Bounds allow three Monte Carlo standard errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from vvtv_autopilot.handlers.gate_sim import fixed_horizon_mde, run_paths, simulate_arms
+from vvtv_autopilot.handlers.stats import RunningStats
+from vvtv_autopilot.schemas.config import KpiSpec
+
+PATHS, LOOKS, PER_LOOK, SPLIT = 2000, 60, 100, 0.2
+MDE = fixed_horizon_mde(LOOKS * PER_LOOK, SPLIT, cv=1.0)   # ~9 % relative at CV 1
+ALPHA = 0.05
+
+
+def bound(p: float, n: int = PATHS) -> float:
+    return p + 3.0 * math.sqrt(p * (1 - p) / n)
+
+
+def rate(recs: list[str], what: str) -> float:
+    return sum(r == what for r in recs) / len(recs)
+
+
+def test_aa_false_rollback_and_false_proceed_single_kpi_no_margin():
+    # margin 0 is the hardest case for the harm test (margin only makes harm harder to claim)
+    kpis = {"conv": KpiSpec(direction="increase", margin=0.0)}
+    rng = np.random.default_rng(20260101)
+    arms = {"conv": simulate_arms(rng, paths=PATHS, looks=LOOKS, per_look=PER_LOOK, traffic_fraction=SPLIT)}
+    recs, stops, reasons = run_paths(kpis, arms)
+    assert len(recs) == PATHS
+    assert rate(recs, "rollback") <= bound(ALPHA)
+    assert rate(recs, "proceed") <= bound(ALPHA)
+    assert not any("sample ratio" in r for r in reasons)   # the anytime SRM check does not cry wolf
+
+
+def test_aa_three_kpis_holm_family_wise():
+    kpis = {
+        "conv": KpiSpec(direction="increase"),
+        "watch_time": KpiSpec(direction="increase", weight=2.0),
+        "error_rate": KpiSpec(direction="decrease", critical=True, margin=0.0),
+    }
+    rng = np.random.default_rng(20260102)
+    looks = 20   # a look every 3 minutes: keeps the test fast; anytime validity does not depend on it
+    arms = {
+        "conv": simulate_arms(rng, paths=PATHS, looks=looks, per_look=3 * PER_LOOK, traffic_fraction=SPLIT),
+        "watch_time": simulate_arms(rng, paths=PATHS, looks=looks, per_look=3 * PER_LOOK, traffic_fraction=SPLIT,
+                                    mu=30.0, sigma=60.0),
+        "error_rate": simulate_arms(rng, paths=PATHS, looks=looks, per_look=3 * PER_LOOK, traffic_fraction=SPLIT,
+                                    mu=0.05, sigma=0.2),
+    }
+    recs, _, _ = run_paths(kpis, arms)
+    assert rate(recs, "rollback") <= bound(ALPHA)
+    assert rate(recs, "proceed") <= bound(ALPHA)
+
+
+def test_harm_of_twice_the_mde_rolls_back_early():
+    kpis = {"conv": KpiSpec(direction="increase")}   # default margin 1 %
+    rng = np.random.default_rng(20260103)
+    arms = {"conv": simulate_arms(rng, paths=PATHS, looks=LOOKS, per_look=PER_LOOK, traffic_fraction=SPLIT,
+                                  lift=-2 * MDE)}
+    recs, stops, _ = run_paths(kpis, arms)
+    assert rate(recs, "rollback") >= 0.90
+    assert stops.mean() / LOOKS <= 0.50
+
+
+def test_improvement_of_twice_the_mde_proceeds_early():
+    kpis = {"conv": KpiSpec(direction="increase")}
+    rng = np.random.default_rng(20260104)
+    arms = {"conv": simulate_arms(rng, paths=PATHS, looks=LOOKS, per_look=PER_LOOK, traffic_fraction=SPLIT,
+                                  lift=2 * MDE)}
+    recs, stops, _ = run_paths(kpis, arms)
+    assert rate(recs, "proceed") >= 0.90
+    assert rate(recs, "rollback") <= 0.01
+    assert stops.mean() / LOOKS <= 0.50
+
+
+def test_injected_sample_ratio_mismatch_is_inconclusive():
+    # the canary really gets 16 % of the traffic instead of the configured 20 %
+    kpis = {"conv": KpiSpec(direction="increase")}
+    rng = np.random.default_rng(20260105)
+    arms = {"conv": simulate_arms(rng, paths=PATHS, looks=LOOKS, per_look=PER_LOOK, traffic_fraction=SPLIT,
+                                  canary_share=0.16)}
+    recs, stops, reasons = run_paths(kpis, arms, inconclusive_action="extend")
+    srm = [rec == "inconclusive" and "sample ratio mismatch" in why for rec, why in zip(recs, reasons)]
+    assert sum(srm) / PATHS >= 0.95
+    assert stops.mean() < LOOKS   # it stops as soon as the mismatch is certain
+
+
+@pytest.mark.parametrize("critical,expected", [(False, "inconclusive"), (True, "rollback")])
+def test_kpi_without_canary_data_never_passes(critical, expected):
+    # a strongly improving primary KPI, but the second KPI's canary arm never reports
+    kpis = {"conv": KpiSpec(direction="increase"), "error_rate": KpiSpec(direction="decrease", critical=critical)}
+    rng = np.random.default_rng(20260106)
+    looks = 10
+    conv = simulate_arms(rng, paths=PATHS, looks=looks, per_look=6 * PER_LOOK, traffic_fraction=SPLIT, lift=0.3)
+    err_ctl, _ = simulate_arms(rng, paths=PATHS, looks=looks, per_look=6 * PER_LOOK, traffic_fraction=SPLIT,
+                               mu=0.05, sigma=0.2)
+    empty = type(err_ctl)(np.zeros_like(err_ctl.n), np.zeros_like(err_ctl.mean), np.zeros_like(err_ctl.m2))
+    recs, stops, reasons = run_paths(kpis, {"conv": conv, "error_rate": (err_ctl, empty)})
+    assert set(recs) == {expected}
+    assert (stops == looks).all()
+    assert all("error_rate" in why for why in reasons)
+
+
+def test_simulated_statistics_match_the_streaming_merge():
+    # the vectorized cumulative statistics equal RunningStats.merge of the same batches
+    rng = np.random.default_rng(3)
+    a, b = simulate_arms(rng, paths=3, looks=8, per_look=50, traffic_fraction=0.3)
+    for arm in (a, b):
+        for p in range(3):
+            acc = RunningStats()
+            for t in range(8):
+                n_t = int(arm.n[p, t]) - (int(arm.n[p, t - 1]) if t else 0)
+                s1 = arm.mean[p, t] * arm.n[p, t] - (arm.mean[p, t - 1] * arm.n[p, t - 1] if t else 0.0)
+                batch_mean = s1 / n_t
+                whole = arm.at(p, t)
+                # the batch's M2 is what the merge must add to reach the cumulative M2
+                prev = arm.at(p, t - 1) if t else RunningStats()
+                delta = batch_mean - prev.mean
+                bm2 = whole.m2 - prev.m2 - delta * delta * prev.n * n_t / whole.n
+                acc = acc.merge(RunningStats(n_t, batch_mean, bm2))
+                assert acc.n == whole.n and acc.mean == pytest.approx(whole.mean, rel=1e-10)
+                assert acc.m2 == pytest.approx(whole.m2, rel=1e-8)
+                assert bm2 >= -1e-6
