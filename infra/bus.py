@@ -1,0 +1,131 @@
+"""NATS and JetStream: connection, streams, durable consumers, timers.
+
+Streams get exact subject lists so that no stream ever captures a
+request/reply subject (``ctl.>``, ``business_logic.apply``, ``golden.validate``):
+a stream on such a subject answers the requester with its own ack (DESIGN §9).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.errors import NotFoundError
+
+from ..schemas.config import Config
+from ..schemas.errors import BusError
+
+log = logging.getLogger("vvtv_autopilot.bus")
+
+
+@dataclass(frozen=True)
+class Subjects:
+    prefix: str
+
+    def metrics(self) -> str:
+        return f"{self.prefix}.metrics.>"
+
+    def alerts(self) -> str:
+        return f"{self.prefix}.alerts.>"
+
+    def cmd(self) -> str:
+        return f"{self.prefix}.autopilot.cmd.>"
+
+    def ctl(self) -> str:
+        return f"{self.prefix}.autopilot.ctl.>"
+
+    def evt(self, kind: str = ">") -> str:
+        return f"{self.prefix}.autopilot.evt.{kind}"
+
+    def timers(self) -> str:
+        return f"{self.prefix}.autopilot.timer.>"
+
+    def timer_schedule(self, name: str) -> str:
+        return f"{self.prefix}.autopilot.timer.sched.{name}"
+
+    def timer_fire(self, name: str = ">") -> str:
+        return f"{self.prefix}.autopilot.timer.fire.{name}"
+
+    def dlq(self) -> str:
+        return f"{self.prefix}.autopilot.dlq"
+
+    def apply(self) -> str:
+        return f"{self.prefix}.business_logic.apply"
+
+    def golden(self) -> str:
+        return f"{self.prefix}.golden.validate"
+
+
+# durable consumer name -> (stream key in config.bus.streams, filter subject getter)
+CONSUMERS = {
+    "autopilot-metrics": ("metrics", lambda s: s.metrics()),
+    "autopilot-alerts": ("alerts", lambda s: s.alerts()),
+    "autopilot-cmd": ("commands", lambda s: s.cmd()),
+    "autopilot-timers": ("timers", lambda s: s.timer_fire()),
+}
+
+
+async def connect(url: str, *, name: str = "vvtv-autopilot", connect_timeout: float = 5.0, **callbacks) -> nats.NATS:
+    async def _error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    callbacks.setdefault("error_cb", _error)
+    try:
+        return await nats.connect(
+            url, name=name, connect_timeout=connect_timeout, allow_reconnect=True,
+            max_reconnect_attempts=-1, reconnect_time_wait=0.5, **callbacks,
+        )
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise BusError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
+
+
+async def ensure_streams(js, config: Config) -> None:
+    """Create the streams the contract needs when absent; bind when present."""
+    s = Subjects(config.bus.prefix)
+    names = config.bus.streams
+    wanted = [
+        StreamConfig(name=names.metrics, subjects=[s.metrics()], max_age=7 * 86400.0),
+        StreamConfig(name=names.alerts, subjects=[s.alerts()], max_age=30 * 86400.0),
+        StreamConfig(name=names.commands, subjects=[s.cmd()], max_age=30 * 86400.0),
+        StreamConfig(name=names.events, subjects=[s.evt()], max_age=90 * 86400.0),
+        StreamConfig(name=names.timers, subjects=[s.timers()], allow_msg_schedules=True),
+        StreamConfig(name=names.dlq, subjects=[s.dlq()], max_age=90 * 86400.0),
+    ]
+    for cfg in wanted:
+        try:
+            await js.stream_info(cfg.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(cfg)
+            except Exception as exc:
+                raise BusError(f"cannot create stream {cfg.name} on {cfg.subjects}: {exc}") from exc
+
+
+async def ensure_consumers(js, config: Config, *, ack_wait: float = 60.0) -> dict[str, object]:
+    """Create or update each durable pull consumer explicitly (an existing
+    durable keeps its old settings otherwise), then bind to it."""
+    s = Subjects(config.bus.prefix)
+    subs = {}
+    for durable, (stream_key, subject) in CONSUMERS.items():
+        stream = getattr(config.bus.streams, stream_key)
+        cfg = ConsumerConfig(
+            durable_name=durable, filter_subject=subject(s), ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, ack_wait=ack_wait, max_ack_pending=20_000, max_deliver=-1,
+        )
+        try:
+            await js.add_consumer(stream, cfg)
+        except Exception as exc:
+            raise BusError(f"cannot create consumer {durable} on {stream}: {exc}") from exc
+        subs[durable] = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    return subs
+
+
+async def schedule(js, subjects: Subjects, name: str, at: str, payload: bytes) -> None:
+    """A JetStream scheduled message: fires at ``at`` (even if we are down
+    then); a newer schedule of the same name replaces the older one."""
+    await js.publish(subjects.timer_schedule(name), payload, headers={
+        "Nats-Schedule": f"@at {at}",
+        "Nats-Schedule-Target": subjects.timer_fire(name),
+    })

@@ -1,0 +1,74 @@
+"""Incident review from the store: ``history`` and ``replay CYCLE_ID``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..schemas.config import Config
+from ..statemachine.replay import compare, replay_cycle
+from .history import ParameterHistory
+from .store import Store
+
+
+def _store_path(config: Config) -> Path:
+    path = Path(config.storage.data_dir) / "autopilot.db"
+    if not path.exists():
+        from ..schemas.errors import StoreError
+
+        raise StoreError(f"no store at {path}: pass --data-dir of a service that has run")
+    return path
+
+
+async def history(config: Config, args: argparse.Namespace) -> int:
+    if args.versions:
+        hist = ParameterHistory(Path(config.storage.data_dir) / "history", config.card_path)
+        current = hist.current_version_id()
+        rows = [v.to_dict() | {"current": v.version_id == current} for v in hist.get_version_history(args.limit)]
+        if args.json:
+            print(json.dumps(rows, indent=2, default=str))
+        else:
+            for v in rows:
+                mark = "*" if v["current"] else " "
+                print(f"{mark} {v['version_id'][:16]}  {v['timestamp']}  {v.get('rationale', '')[:60]}")
+        return 0
+    store = await Store.open(_store_path(config))
+    try:
+        rows = await store.cycles(args.limit)
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'cycle':<24} {'outcome':<11} {'gate':<12} changes")
+        for r in rows:
+            changes = ", ".join(f"{c['parameter_name']}={c['new_value']}" for c in r["changes"]) or "-"
+            print(f"{r['cycle_id']:<24} {str(r['outcome']):<11} {str(r['gate'] or '-'):<12} {changes}")
+    return 0
+
+
+async def replay(config: Config, args: argparse.Namespace) -> int:
+    store = await Store.open(_store_path(config))
+    try:
+        start = await store.cycle_start(args.cycle_id)
+        if start is None:
+            print(f"no cycle {args.cycle_id} in the store")
+            return 1
+        key, state_before, config_json = start
+        inbounds = await store.inbox_from(key)
+        recorded = await store.transitions(args.cycle_id)
+    finally:
+        await store.close()
+    replayed = replay_cycle(Config.model_validate_json(config_json), state_before, inbounds, args.cycle_id)
+    problems = compare(recorded, replayed)
+    result = {"cycle_id": args.cycle_id, "recorded": len(recorded), "replayed": len(replayed),
+              "exact": not problems, "differences": problems,
+              "transitions": [{"seq": t.seq, "from": t.from_, "to": t.to, "trigger": t.trigger, "at": t.at} for t in recorded]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for t in recorded:
+            print(f"{t.seq:>3} {t.at}  {t.from_:>10} -> {t.to:<10} {t.trigger}")
+        print("replay: exact" if not problems else "replay DIFFERS:\n  " + "\n  ".join(problems))
+    return 0 if not problems else 1

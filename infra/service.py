@@ -1,0 +1,363 @@
+"""The service loop: bus in, one transaction per event or batch, bus out.
+
+Per inbound message (DESIGN §2): decode and validate (a bad message goes to
+the DLQ, is acked and counted); in one SQLite transaction insert it into the
+inbox (a duplicate stops there), step the core, append transitions, effects,
+domain rows and the core's snapshot; commit, then ack. The outbox relay then
+publishes the effects with idempotent ids and marks them sent.
+
+One asyncio lock owns the core: every step runs under it, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+
+from ..handlers.card import version_id
+from ..schemas.config import Config
+from ..schemas.errors import MessageError
+from ..schemas.events import ApplyResult, Boot, GoldenResult, Inbound, MetricStats, TimerEvent
+from ..schemas.messages import DeadLetter, encode, rfc3339
+from ..statemachine import Autopilot, AutopilotState, CycleData
+from ..statemachine.step import Step
+from . import bus as busmod
+from .cardfile import CardFile
+from .inbound import alert_inbound, command_event, excerpt, metric_inbound
+from .natsserver import EmbeddedNats
+from .store import CycleStart, Store
+from .telemetry import Telemetry
+
+log = logging.getLogger("vvtv_autopilot.service")
+
+_state_dec = msgspec.json.Decoder(AutopilotState)
+_cycle_dec = msgspec.json.Decoder(CycleData)
+_timer_dec = msgspec.json.Decoder(TimerEvent)
+_enc = msgspec.json.Encoder()
+
+
+class _CoreFailure(Exception):
+    """The pure core raised: a bug, never a reason to lose other events."""
+
+
+def utcnow() -> str:
+    return rfc3339(datetime.now(timezone.utc))
+
+
+class Service:
+    def __init__(self, config: Config, *, nats_url: str | None = None, batch_size: int = 1000):
+        self.config = config
+        self.nats_url = nats_url or config.bus.url
+        self.batch_size = batch_size
+        self.subjects = busmod.Subjects(config.bus.prefix)
+        self.data_dir = Path(config.storage.data_dir)
+        self.card = CardFile(config.card_path, self.data_dir / "history")
+        self.telemetry = Telemetry(config.telemetry)
+        self.core: Autopilot | None = None
+        self.store: Store | None = None
+        self.nc = None
+        self.js = None
+        self.embedded: EmbeddedNats | None = None
+        self._lock = asyncio.Lock()
+        self._relay_wake = asyncio.Event()
+        self._inflight: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self.listeners: list[Callable[[Step], Awaitable[None] | None]] = []
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await Store.open(self.data_dir / "autopilot.db")
+        await self._reload_core()
+        if self.nats_url is None:
+            self.embedded = EmbeddedNats(self.data_dir / "nats")
+            self.nats_url = await self.embedded.start()
+        self.nc = await busmod.connect(self.nats_url)
+        self.js = self.nc.jetstream(timeout=self.config.bus.request_timeout_seconds)
+        await busmod.ensure_streams(self.js, self.config)
+        subs = await busmod.ensure_consumers(self.js, self.config)
+        await self.nc.subscribe(self.subjects.ctl(), cb=self._on_ctl)
+        await self._relay_once()  # unsent effects of the previous run first (e.g. a card write)
+        card = self.card.load_or_init(self.config)
+        await self._process([Inbound(key=f"boot:{uuid.uuid4().hex}", subject="boot", at=utcnow(),
+                                     event=Boot(card=card, card_version=version_id(card)))])
+        self._tasks = [
+            asyncio.create_task(self._pull(subs["autopilot-metrics"], "metrics"), name="metrics"),
+            asyncio.create_task(self._pull(subs["autopilot-alerts"], "alerts"), name="alerts"),
+            asyncio.create_task(self._pull(subs["autopilot-cmd"], "commands"), name="commands"),
+            asyncio.create_task(self._pull(subs["autopilot-timers"], "timers"), name="timers"),
+            asyncio.create_task(self._relay(), name="relay"),
+        ]
+        log.info("autopilot up on %s, data in %s", self.nats_url, self.data_dir)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+        if self.store is not None:
+            await self.store.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+        self.telemetry.shutdown()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+    # --- inbound --------------------------------------------------------------------------------
+
+    async def _pull(self, sub, kind: str) -> None:
+        stream = getattr(self.config.bus.streams, kind)
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(self.batch_size if kind == "metrics" else 100, timeout=1.0)
+            except NatsTimeout:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: nats-py reconnects by itself
+                log.warning("fetch from %s failed: %s", stream, exc)
+                await asyncio.sleep(0.5)
+                continue
+            good, bad = [], []
+            for msg in msgs:
+                meta = msg.metadata
+                at = rfc3339(meta.timestamp) if meta.timestamp else utcnow()
+                try:
+                    good.append((self._decode(kind, msg, stream, meta.sequence.stream, at), msg))
+                except MessageError as exc:
+                    bad.append((msg, str(exc)))
+            for msg, reason in bad:
+                await self._dead_letter(msg.subject, msg.data, reason)
+            if good:
+                await self._process([ib for ib, _ in good])
+            for msg in msgs:
+                await msg.ack()
+
+    def _decode(self, kind: str, msg, stream: str, seq: int, at: str) -> Inbound:
+        if kind == "metrics":
+            return metric_inbound(msg.subject, msg.data, stream, seq, at)
+        if kind == "alerts":
+            return alert_inbound(msg.subject, msg.data, stream, seq, at)
+        if kind == "commands":
+            verb = msg.subject.rsplit(".", 1)[-1]
+            if verb == "status":
+                raise MessageError("status is a query: request it on ctl.status")
+            return Inbound(key=f"{stream}:{seq}", subject=msg.subject, at=at, stream_seq=seq,
+                           event=command_event(verb, msg.data, "cmd"))
+        try:
+            event = _timer_dec.decode(msg.data)
+        except msgspec.MsgspecError as exc:
+            raise MessageError(f"invalid timer event: {exc}") from None
+        return Inbound(key=f"{stream}:{seq}", subject=msg.subject, at=at, stream_seq=seq, event=event)
+
+    async def _dead_letter(self, subject: str, data: bytes, reason: str) -> None:
+        letter = DeadLetter(subject=subject, reason=reason, received_at=utcnow(), payload_excerpt=excerpt(data))
+        await self.js.publish(self.subjects.dlq(), encode(letter))
+        await self.store.add_counter("dead_letters")
+        log.warning("dead letter from %s: %s", subject, reason)
+
+    async def _on_ctl(self, msg) -> None:
+        verb = msg.subject.rsplit(".", 1)[-1]
+        try:
+            if verb == "status":
+                command_event(verb, msg.data, "ctl")  # validates the (optional) body
+                reply = self.core.status(datetime.now(timezone.utc))
+                reply["counters"] = await self.store.counters()
+            else:
+                event = command_event(verb, msg.data, "ctl")
+                if verb == "rollback":
+                    event = await self._verify_rollback(event)
+                inbound = Inbound(key=f"ctl:{uuid.uuid4().hex}", subject=msg.subject, at=utcnow(), event=event)
+                steps = await self._process([inbound])
+                reply = steps[0].reply if steps else None
+        except MessageError as exc:
+            await self.store.add_counter("refused_requests")
+            state = self.core.mode(datetime.now(timezone.utc)) if self.core else "Unknown"
+            reply = {"ok": False, "error": str(exc), "state": state, "cycle_id": None}
+        except Exception as exc:  # never leave an operator without an answer
+            log.exception("control %s failed", verb)
+            reply = {"ok": False, "error": f"internal error: {exc}", "state": "Unknown", "cycle_id": None}
+        if msg.reply:
+            await msg.respond(_enc.encode(reply))
+
+    async def _verify_rollback(self, event):
+        """I/O before the core: the target must exist in history and be whole;
+        the atomic rollback itself happens here, the core adopts the result."""
+        body = dict(event.body)
+        try:
+            card = self.card.rollback_to(body["version_id"], reason=body.get("reason") or "operator rollback")
+            body["verified"] = {"version_id": body["version_id"], "card": card}
+        except Exception as exc:
+            raise MessageError(str(exc)) from None
+        return msgspec.structs.replace(event, body=body)
+
+    # --- the transaction ---------------------------------------------------------------------------
+
+    async def _process(self, inbounds: list[Inbound]) -> list[Step]:
+        """Step the core for each new inbound and commit them in one transaction.
+
+        Should the core raise (a bug), the batch is retried one event at a time
+        from the last committed state, and only the offending event is
+        dead-lettered: one bad event never takes the others down with it."""
+        async with self._lock:
+            try:
+                steps = await self._step_and_commit(inbounds)
+            except _CoreFailure:
+                await self._reload_core()
+                steps = []
+                for ib in inbounds:
+                    try:
+                        steps += await self._step_and_commit([ib])
+                    except _CoreFailure as failure:
+                        await self._reload_core()
+                        await self._dead_letter(ib.subject, _enc.encode(ib.event), f"internal error: {failure.__cause__!r}")
+        if any(s.effects for s in steps):
+            self._relay_wake.set()
+        for step in steps:
+            self.telemetry.record(step)
+            for listener in self.listeners:
+                result = listener(step)
+                if asyncio.iscoroutine(result):
+                    await result
+        return steps
+
+    async def _step_and_commit(self, inbounds: list[Inbound]) -> list[Step]:
+        core = self.core
+        seen = await self.store.seen(ib.key for ib in inbounds)
+        steps: list[Step] = []
+        starts: list[CycleStart] = []
+        snapshots: dict[str, bytes] = {}
+        duplicates = 0
+        for ib in inbounds:
+            if ib.key in seen:
+                duplicates += 1
+                continue
+            seen.add(ib.key)
+            # The state before any non-metric event is kept in case it starts a
+            # cycle: replay of that cycle starts from it.
+            before = None if isinstance(ib.event, MetricStats) else _enc.encode(core.state)
+            previous = core.cycle.data.cycle_id if core.cycle is not None else None
+            try:
+                step = core.handle(ib)
+            except Exception as exc:
+                log.exception("core failed on %s", ib.key)
+                raise _CoreFailure() from exc
+            current = core.cycle.data.cycle_id if core.cycle is not None else None
+            if current is not None and current != previous and before is not None:
+                starts.append(CycleStart(current, ib.key, before, self.config.model_dump_json()))
+            for row in step.cycle_rows:
+                snapshots[row["cycle_id"]] = _enc.encode(row["snapshot"])
+            steps.append(step)
+        if steps or core.state_dirty:
+            state = _enc.encode(core.state) if (steps or core.state_dirty) else None
+            core.state_dirty = False
+            await self.store.commit(steps, state=state, active_cycle_id=core.state.active_cycle_id,
+                                    cycle_snapshots=snapshots, cycle_starts=starts)
+        if duplicates:
+            await self.store.add_counter("duplicates", duplicates)
+        return steps
+
+    async def _reload_core(self) -> None:
+        state_json, cycle_json = await self.store.load_state()
+        state = _state_dec.decode(state_json) if state_json else AutopilotState()
+        cycle = _cycle_dec.decode(cycle_json) if cycle_json else None
+        self.core = Autopilot(self.config, state, cycle)
+
+    # --- outbox relay ---------------------------------------------------------------------------------
+
+    async def _relay(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._relay_wake.wait(), timeout=2.0)
+            except asyncio.TimeoutError:
+                pass
+            self._relay_wake.clear()
+            try:
+                await self._relay_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay: %s (will retry)", exc)
+                await asyncio.sleep(0.5)
+
+    async def _relay_once(self) -> None:
+        effects = await self.store.pending_effects()
+        done: list[str] = []
+        for effect in effects:
+            if effect.kind == "publish":
+                await self.js.publish(f"{self.config.bus.prefix}.{effect.subject}", _enc.encode(effect.body),
+                                      headers={"Nats-Msg-Id": effect.effect_id})
+                done.append(effect.effect_id)
+            elif effect.kind == "schedule":
+                b = effect.body
+                await busmod.schedule(self.js, self.subjects, b["name"], b["at"], _enc.encode(b["event"]))
+                done.append(effect.effect_id)
+            elif effect.kind == "write_card":
+                b = effect.body
+                self.card.deploy(b["card"], b["version_id"], changes=b.get("changes") or [], rationale=b.get("rationale", ""))
+                done.append(effect.effect_id)
+            elif effect.kind in ("apply", "golden") and effect.effect_id not in self._inflight:
+                self._inflight.add(effect.effect_id)
+                task = asyncio.create_task(self._request(effect))
+                self._tasks.append(task)
+        if done:
+            await self.store.mark_sent(done, utcnow())
+
+    async def _request(self, effect) -> None:
+        """A request to VVTV; its reply (or its absence) comes back as an event."""
+        try:
+            if effect.kind == "apply":
+                event = await self._apply(effect)
+            else:
+                event = await self._golden(effect)
+            await self._process([Inbound(key=f"reply:{effect.effect_id}", subject=effect.kind, at=utcnow(), event=event)])
+        finally:
+            self._inflight.discard(effect.effect_id)
+
+    async def _apply(self, effect) -> ApplyResult:
+        req = effect.body["request"]
+        timeout = self.config.autopilot.apply_timeout_seconds
+        try:
+            msg = await self.nc.request(self.subjects.apply(), _enc.encode(req), timeout=timeout)
+            reply = msgspec.json.decode(msg.data)
+            applied = bool(reply.get("applied")) if isinstance(reply, dict) else False
+            error = reply.get("error") if isinstance(reply, dict) else "reply is not a JSON object"
+        except Exception as exc:
+            applied, error = False, f"no reply within {timeout}s ({type(exc).__name__})"
+        return ApplyResult(effect.effect_id, req.get("cycle_id"), effect.body["purpose"], applied, error)
+
+    async def _golden(self, effect) -> GoldenResult:
+        req = effect.body["request"]
+        timeout = self.config.golden.timeout_seconds
+        try:
+            msg = await self.nc.request(self.subjects.golden(), _enc.encode(req), timeout=timeout)
+            reply = msgspec.json.decode(msg.data)
+            if not isinstance(reply, dict) or not isinstance(reply.get("passed"), bool):
+                raise ValueError("reply lacks a boolean `passed`")
+            failures = [{"case": str(f.get("case")), "reason": str(f.get("reason"))} for f in reply.get("failures") or []]
+            return GoldenResult(effect.effect_id, req["cycle_id"], reply["passed"], int(reply.get("cases_run") or 0), failures)
+        except Exception as exc:  # fail safe: no valid answer is a failed validation
+            return GoldenResult(effect.effect_id, req["cycle_id"], False, 0, [],
+                                error=f"no valid reply within {timeout}s ({type(exc).__name__}: {exc})")
+
+    # --- introspection for the CLI ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.core.status(datetime.now(timezone.utc))

@@ -1,0 +1,318 @@
+"""The SQLite store: the source of truth (JetStream is the transport).
+
+One transaction per inbound message or batch: inbox (dedupe), transitions,
+outbox, domain rows and the core's snapshot are written together, then the
+bus message is acknowledged. WAL, ``synchronous=FULL``, a versioned schema.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import aiosqlite
+import msgspec
+
+from ..schemas.errors import StoreError
+from ..schemas.events import CoreEvent, Effect, Inbound, TransitionRecord
+from ..statemachine.step import Step
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+-- The seed's five tables, as written.
+CREATE TABLE IF NOT EXISTS autopilot_cycles (
+    cycle_id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    completed_at TEXT,
+    status TEXT NOT NULL, -- 'running', 'completed', 'failed', 'rolled_back'
+    metrics_analysis TEXT, -- JSON
+    proposed_changes TEXT, -- JSON
+    deployment_result TEXT, -- JSON
+    error_message TEXT
+);
+CREATE TABLE IF NOT EXISTS parameter_bounds (
+    parameter_name TEXT PRIMARY KEY,
+    min_value REAL NOT NULL,
+    max_value REAL NOT NULL,
+    current_value REAL NOT NULL,
+    stability_days INTEGER DEFAULT 0,
+    rollback_count INTEGER DEFAULT 0,
+    last_updated TEXT NOT NULL,
+    bounds_history TEXT -- JSON array of adjustments
+);
+CREATE TABLE IF NOT EXISTS canary_deployments (
+    canary_id TEXT PRIMARY KEY,
+    cycle_id TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    completed_at TEXT,
+    traffic_percentage REAL NOT NULL,
+    control_metrics TEXT, -- JSON
+    canary_metrics TEXT, -- JSON
+    statistical_significance REAL,
+    recommendation TEXT, -- 'proceed', 'rollback', 'inconclusive'
+    FOREIGN KEY (cycle_id) REFERENCES autopilot_cycles(cycle_id)
+);
+CREATE TABLE IF NOT EXISTS drift_events (
+    event_id TEXT PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    detected_at TEXT NOT NULL,
+    metrics TEXT, -- JSON
+    action_taken TEXT NOT NULL,
+    resolved_at TEXT
+);
+CREATE TABLE IF NOT EXISTS triage_reports (
+    report_id TEXT PRIMARY KEY,
+    generated_at TEXT NOT NULL,
+    analysis_period_start TEXT NOT NULL,
+    analysis_period_end TEXT NOT NULL,
+    failure_categories TEXT, -- JSON
+    patch_suggestions TEXT, -- JSON
+    github_issues TEXT -- JSON
+);
+
+-- Ours: the audit log, exactly-once recording and crash resume.
+CREATE TABLE IF NOT EXISTS transitions (
+    cycle_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    at TEXT NOT NULL,
+    cause TEXT NOT NULL,   -- JSON: subject, stream sequence, inbox key
+    detail TEXT NOT NULL,  -- JSON: the decision's inputs and outputs
+    machine TEXT NOT NULL, -- hash of the machine definition
+    PRIMARY KEY (cycle_id, seq)
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    subject TEXT NOT NULL,
+    at TEXT NOT NULL,
+    stream_seq INTEGER,
+    event TEXT NOT NULL    -- the core event as the core saw it (replay input)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    effect_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    subject TEXT,
+    body TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    sent_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(sent_at) WHERE sent_at IS NULL;
+CREATE TABLE IF NOT EXISTS cycle_snapshots (
+    cycle_id TEXT PRIMARY KEY,
+    snapshot TEXT NOT NULL,          -- CycleData as JSON, after its latest step
+    start_inbox_key TEXT,            -- the event that started it (replay starts there)
+    state_before TEXT,               -- the autopilot's state just before that event
+    config TEXT                      -- the configuration it ran under
+);
+CREATE TABLE IF NOT EXISTS autopilot_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    state TEXT NOT NULL,
+    active_cycle_id TEXT
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    verb TEXT NOT NULL,
+    via TEXT NOT NULL,
+    actor TEXT,
+    reason TEXT,
+    body TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+"""
+
+_enc = msgspec.json.Encoder()
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else _enc.encode(value).decode()
+
+
+class CycleStart(msgspec.Struct, frozen=True):
+    cycle_id: str
+    inbox_key: str
+    state_before: bytes
+    config: str
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection, path: Path):
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> "Store":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=OFF")
+            await db.execute("PRAGMA busy_timeout=10000")
+            await db.executescript(_SCHEMA)
+            rows = await (await db.execute("SELECT version FROM schema_version")).fetchall()
+            if not rows:
+                await db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            elif rows[0][0] > SCHEMA_VERSION:
+                raise StoreError(f"{path}: schema version {rows[0][0]} is newer than this program ({SCHEMA_VERSION})")
+        except aiosqlite.Error as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc}") from exc
+        return cls(db, path)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # --- the one transaction per inbound event or batch ---------------------------------------
+
+    async def seen(self, keys: Iterable[str]) -> set[str]:
+        keys = list(keys)
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await (await self._db.execute(f"SELECT key FROM inbox WHERE key IN ({marks})", chunk)).fetchall()
+            found.update(r[0] for r in rows)
+        return found
+
+    async def commit(self, steps: list[Step], *, state: bytes | None, active_cycle_id: str | None,
+                     cycle_snapshots: dict[str, bytes], cycle_starts: list[CycleStart]) -> None:
+        db = self._db
+        inbox, transitions, outbox, cycles, canaries, commands, replies = [], [], [], {}, {}, [], []
+        counters: dict[str, int] = {}
+        for step in steps:
+            ib = step.inbound
+            inbox.append((ib.key, ib.subject, ib.at, ib.stream_seq, _enc.encode(ib.event).decode()))
+            for t in step.transitions:
+                transitions.append((t.cycle_id, t.seq, t.from_, t.to, t.trigger, t.at, _json(t.cause), _json(t.detail), t.machine))
+            for e in step.effects:
+                outbox.append((e.effect_id, e.kind, e.subject, _json(e.body), ib.at))
+            for row in step.cycle_rows:
+                cycles[row["cycle_id"]] = row
+            for row in step.canary_rows:
+                canaries[row["canary_id"]] = row
+            if step.command is not None:
+                c = step.command
+                commands.append((c["at"], c["verb"], c["via"], c["actor"], c["reason"], _json(c["body"]), int(c["ok"]), c["error"]))
+            for name, n in step.counters.items():
+                counters[name] = counters.get(name, 0) + n
+            effect_id = getattr(ib.event, "effect_id", None)
+            if effect_id is not None and ib.key.startswith("reply:"):
+                replies.append((ib.at, effect_id))
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            await db.executemany("INSERT INTO inbox(key, subject, at, stream_seq, event) VALUES (?,?,?,?,?)", inbox)
+            await db.executemany("INSERT INTO transitions VALUES (?,?,?,?,?,?,?,?,?)", transitions)
+            await db.executemany("INSERT OR IGNORE INTO outbox(effect_id, kind, subject, body, created_at) VALUES (?,?,?,?,?)", outbox)
+            await db.executemany("UPDATE outbox SET sent_at = ? WHERE effect_id = ? AND sent_at IS NULL", replies)
+            await db.executemany(
+                "INSERT INTO autopilot_cycles VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(cycle_id) DO UPDATE SET "
+                "completed_at=excluded.completed_at, status=excluded.status, metrics_analysis=excluded.metrics_analysis, "
+                "proposed_changes=excluded.proposed_changes, deployment_result=excluded.deployment_result, "
+                "error_message=excluded.error_message",
+                [(r["cycle_id"], r["started_at"], r["completed_at"], r["status"], _json(r["metrics_analysis"]),
+                  _json(r["proposed_changes"]), _json(r["deployment_result"]), r["error_message"]) for r in cycles.values()])
+            await db.executemany(
+                "INSERT INTO canary_deployments VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(canary_id) DO UPDATE SET "
+                "completed_at=excluded.completed_at, control_metrics=excluded.control_metrics, "
+                "canary_metrics=excluded.canary_metrics, statistical_significance=excluded.statistical_significance, "
+                "recommendation=excluded.recommendation",
+                [(r["canary_id"], r["cycle_id"], r["started_at"], r["completed_at"], r["traffic_percentage"],
+                  _json(r["control_metrics"]), _json(r["canary_metrics"]), r["statistical_significance"],
+                  r["recommendation"]) for r in canaries.values()])
+            await db.executemany("INSERT INTO commands(at, verb, via, actor, reason, body, ok, error) VALUES (?,?,?,?,?,?,?,?)", commands)
+            await db.executemany(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                list(counters.items()))
+            for start in cycle_starts:
+                await db.execute(
+                    "INSERT INTO cycle_snapshots(cycle_id, snapshot, start_inbox_key, state_before, config) VALUES (?,?,?,?,?)",
+                    (start.cycle_id, "{}", start.inbox_key, start.state_before.decode(), start.config))
+            await db.executemany("UPDATE cycle_snapshots SET snapshot = ? WHERE cycle_id = ?",
+                                 [(snap.decode(), cid) for cid, snap in cycle_snapshots.items()])
+            if state is not None:
+                await db.execute("INSERT INTO autopilot_state VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                                 "state=excluded.state, active_cycle_id=excluded.active_cycle_id",
+                                 (state.decode(), active_cycle_id))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    # --- outbox -------------------------------------------------------------------------------
+
+    async def pending_effects(self, limit: int = 500) -> list[Effect]:
+        rows = await (await self._db.execute(
+            "SELECT effect_id, kind, subject, body FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?", (limit,))).fetchall()
+        return [Effect(r[0], r[1], json.loads(r[3]), subject=r[2]) for r in rows]
+
+    async def mark_sent(self, effect_ids: list[str], at: str) -> None:
+        await self._db.executemany("UPDATE outbox SET sent_at = ? WHERE effect_id = ?", [(at, e) for e in effect_ids])
+
+    async def add_counter(self, name: str, n: int = 1) -> None:
+        await self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, n))
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def load_state(self) -> tuple[bytes | None, bytes | None]:
+        row = await (await self._db.execute("SELECT state, active_cycle_id FROM autopilot_state WHERE id = 1")).fetchone()
+        if row is None:
+            return None, None
+        snapshot = None
+        if row[1]:
+            snap = await (await self._db.execute("SELECT snapshot FROM cycle_snapshots WHERE cycle_id = ?", (row[1],))).fetchone()
+            snapshot = snap[0].encode() if snap else None
+        return row[0].encode(), snapshot
+
+    async def transitions(self, cycle_id: str) -> list[TransitionRecord]:
+        rows = await (await self._db.execute(
+            "SELECT cycle_id, seq, from_state, to_state, trigger, at, cause, detail, machine FROM transitions "
+            "WHERE cycle_id = ? ORDER BY seq", (cycle_id,))).fetchall()
+        return [TransitionRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7]), r[8]) for r in rows]
+
+    async def cycles(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await (await self._db.execute(
+            "SELECT cycle_id, started_at, completed_at, status, proposed_changes, deployment_result, error_message "
+            "FROM autopilot_cycles ORDER BY cycle_id DESC LIMIT ?", (limit,))).fetchall()
+        out = []
+        for r in rows:
+            result = json.loads(r[5]) if r[5] else {}
+            out.append({"cycle_id": r[0], "started_at": r[1], "completed_at": r[2], "status": r[3],
+                        "outcome": result.get("state"), "changes": json.loads(r[4]) if r[4] else [],
+                        "version_id": result.get("version_id"),
+                        "gate": (result.get("gate") or {}).get("recommendation"), "error": r[6]})
+        return out
+
+    async def cycle_start(self, cycle_id: str) -> tuple[str, bytes, str] | None:
+        row = await (await self._db.execute(
+            "SELECT start_inbox_key, state_before, config FROM cycle_snapshots WHERE cycle_id = ?", (cycle_id,))).fetchone()
+        return None if row is None else (row[0], row[1].encode(), row[2])
+
+    async def inbox_from(self, key: str) -> list[Inbound]:
+        row = await (await self._db.execute("SELECT id FROM inbox WHERE key = ?", (key,))).fetchone()
+        if row is None:
+            return []
+        rows = await (await self._db.execute(
+            "SELECT key, subject, at, stream_seq, event FROM inbox WHERE id >= ? ORDER BY id", (row[0],))).fetchall()
+        decoder = msgspec.json.Decoder(CoreEvent)
+        return [Inbound(key=r[0], subject=r[1], at=r[2], stream_seq=r[3], event=decoder.decode(r[4])) for r in rows]
+
+    async def counters(self) -> dict[str, int]:
+        rows = await (await self._db.execute("SELECT name, value FROM counters")).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    async def commands_log(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await (await self._db.execute(
+            "SELECT at, verb, via, actor, reason, ok, error FROM commands ORDER BY id DESC LIMIT ?", (limit,))).fetchall()
+        return [{"at": r[0], "verb": r[1], "via": r[2], "actor": r[3], "reason": r[4], "ok": bool(r[5]), "error": r[6]} for r in rows]

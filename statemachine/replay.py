@@ -1,0 +1,42 @@
+"""Deterministic replay of a cycle for incident review (Temporal is the model).
+
+Given the autopilot's state just before the event that started the cycle,
+the configuration it ran under and the inbox from that event on, the pure
+core must produce the very transitions that were recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import msgspec
+
+from ..schemas.config import Config
+from ..schemas.events import Inbound, TransitionRecord
+from .autopilot import Autopilot, AutopilotState
+from .definition import TERMINAL
+
+
+def replay_cycle(config: Config, state_before: bytes, inbounds: Iterable[Inbound], cycle_id: str) -> list[TransitionRecord]:
+    core = Autopilot(config, msgspec.json.decode(state_before, type=AutopilotState))
+    out: list[TransitionRecord] = []
+    for inbound in inbounds:
+        step = core.handle(inbound)
+        out.extend(t for t in step.transitions if t.cycle_id == cycle_id)
+        if out and out[-1].to in TERMINAL:
+            break
+    return out
+
+
+def compare(recorded: list[TransitionRecord], replayed: list[TransitionRecord]) -> list[str]:
+    """Human-readable differences; empty when the replay is exact."""
+    problems = []
+    for i in range(max(len(recorded), len(replayed))):
+        a = recorded[i] if i < len(recorded) else None
+        b = replayed[i] if i < len(replayed) else None
+        if a is None or b is None:
+            problems.append(f"seq {i + 1}: recorded {a and (a.from_, a.to)} but replay gave {b and (b.from_, b.to)}")
+        elif msgspec.to_builtins(a) != msgspec.to_builtins(b):
+            fields = [f for f in ("from_", "to", "trigger", "at", "cause", "detail", "machine") if getattr(a, f) != getattr(b, f)]
+            problems.append(f"seq {a.seq}: differs in {', '.join(fields)}")
+    return problems
