@@ -181,8 +181,15 @@ class ParameterHistory:
 
     ``validate_card`` (optional) checks a card before it is deployed or rolled
     back to, and raises to refuse it (the seed's ``historical_config.validate()``).
-    ``trace`` (optional) is called with the name of each step of a store, deploy
-    or rollback as it completes: a seam for crash tests and debug logging.
+    ``trace`` (optional) is called with the name of each step as it completes:
+    ``store.card_written``, ``store.meta_written``; ``deploy.begin``,
+    ``deploy.backed_up``, ``deploy.stored``, ``deploy.written``, ``deploy.verified``;
+    ``rollback.begin``, ``rollback.validated``, ``rollback.backed_up``,
+    ``rollback.written``, ``rollback.verified``, ``rollback.touched``.
+    A seam for crash tests (tests/history_kill_driver.py) and debug logging.
+
+    One writer at a time (a flock on ``<history_dir>/.lock``); readers need no
+    lock because every file is replaced atomically.
     """
 
     def __init__(
@@ -343,9 +350,10 @@ class ParameterHistory:
     def cleanup_old_versions(self, retention_days: float, now: datetime) -> int:
         """Delete versions not touched within ``retention_days`` of ``now``; return how many.
 
-        Never deletes the live card's version or the last known-good one. Also
-        removes leftovers of interrupted writes (temp files, card files without
-        metadata older than the retention).
+        Never deletes the live card's version or the last known-good one; if the
+        known-good state file is unreadable it deletes nothing (HistoryError).
+        Also removes leftovers of interrupted writes (temp files, card files
+        without metadata older than the retention).
         """
         if isinstance(retention_days, bool) or not isinstance(retention_days, (int, float)) or not retention_days >= 0:
             raise ValueError(f"retention_days must be a non-negative number, got {retention_days!r}")
