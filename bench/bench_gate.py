@@ -1,0 +1,130 @@
+"""Benchmark of the canary judges on the same simulated canaries (prints, never asserts).
+
+    /tmp/venv/bin/python bench/bench_gate.py [--paths 2000] [--seed 7]
+
+A canary: 60 minutes, 100 units a minute, each unit sent to the canary with
+probability 0.2; one KPI ("increase" is good, margin 1 %), normal (CV 1) or
+lognormal (CV ~1) raw samples. The MDE is the fixed-horizon one (two-sided
+alpha 0.05, power 0.8) for the whole window, ~9 % relative.
+
+Judges:
+- sequential: ``evaluate_gate`` (mSPRT, anytime-valid) at every minute, at 95 %;
+- welch-fixed: ``evaluate_gate_fixed``, one two-sided Welch test at the deadline, at 95 %;
+- kayenta-mw: Kayenta-style, one two-sided Mann-Whitney test on the raw samples
+  at the deadline at 98 %: a significant shift in the bad direction fails the
+  canary (rollback), anything else passes it (Kayenta has no "inconclusive").
+
+Columns: rollback / proceed / inconclusive rates, and the mean time to decision
+as a fraction of the window (the fixed-horizon judges always take 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+from vvtv_autopilot.handlers.gate import evaluate_gate
+from vvtv_autopilot.handlers.gate_fixed import evaluate_gate_fixed
+from vvtv_autopilot.handlers.gate_sim import ArmPaths, _cumulate, fixed_horizon_mde, run_paths
+from vvtv_autopilot.handlers.stats import RunningStats
+from vvtv_autopilot.schemas.config import KpiSpec
+
+LOOKS, PER_LOOK, SPLIT = 60, 100, 0.2
+KPIS = {"conv": KpiSpec(direction="increase")}
+
+
+def raw_canaries(rng: np.random.Generator, paths: int, lift: float, dist: str):
+    """Raw samples (paths, looks, per_look) and the canary mask."""
+    shape = (paths, LOOKS, PER_LOOK)
+    canary = rng.random(shape) < SPLIT
+    if dist == "normal":
+        x = rng.normal(1.0, 1.0, shape)
+    else:  # lognormal with mean 1, CV 1
+        s2 = np.log(2.0)
+        x = rng.lognormal(-s2 / 2, np.sqrt(s2), shape)
+    x = np.where(canary, x * (1.0 + lift), x)   # a multiplicative effect: the mean moves by ``lift``
+    return x, canary
+
+
+def arm_paths(x: np.ndarray, mask: np.ndarray) -> ArmPaths:
+    m = mask.sum(axis=2)
+    s = np.where(mask, x, 0.0).sum(axis=2)
+    bmean = np.where(m > 0, s / np.maximum(m, 1), 0.0)
+    dev = np.where(mask, x - bmean[..., None], 0.0)
+    return _cumulate(m, bmean, (dev * dev).sum(axis=2))
+
+
+def kayenta(x: np.ndarray, mask: np.ndarray) -> list[str]:
+    out = []
+    for p in range(x.shape[0]):
+        xp, mp = x[p].ravel(), mask[p].ravel()
+        res = mannwhitneyu(xp[mp], xp[~mp], alternative="two-sided")
+        worse = np.median(xp[mp]) < np.median(xp[~mp])
+        out.append("rollback" if res.pvalue < 0.02 and worse else "proceed")
+    return out
+
+
+def scenario(rng, paths: int, lift: float, dist: str, chunk: int = 250):
+    rows = {"sequential": ([], []), "welch-fixed": ([], []), "kayenta-mw": ([], [])}
+    for start in range(0, paths, chunk):
+        n = min(chunk, paths - start)
+        x, mask = raw_canaries(rng, n, lift, dist)
+        arms = {"conv": (arm_paths(x, ~mask), arm_paths(x, mask))}
+        recs, stops, _ = run_paths(KPIS, arms, traffic_fraction=SPLIT)
+        rows["sequential"][0].extend(recs)
+        rows["sequential"][1].extend((stops / LOOKS).tolist())
+        recs, stops, _ = run_paths(KPIS, arms, judge=evaluate_gate_fixed)
+        rows["welch-fixed"][0].extend(recs)
+        rows["welch-fixed"][1].extend((stops / LOOKS).tolist())
+        rows["kayenta-mw"][0].extend(kayenta(x, mask))
+        rows["kayenta-mw"][1].extend([1.0] * n)
+    return rows
+
+
+def gate_cost(repeats: int = 2000) -> tuple[float, float]:
+    rng = np.random.default_rng(1)
+    kpis = {f"kpi_{i}": KpiSpec(direction="increase" if i % 2 else "decrease", critical=i == 0) for i in range(10)}
+    ctl = {k: RunningStats.of(rng.normal(1.0, 1.0, 4000)) for k in kpis}
+    can = {k: RunningStats.of(rng.normal(1.0, 1.0, 1000)) for k in kpis}
+    times = []
+    for i in range(repeats):   # a new elapsed fraction every call: no cache hit for the boundary
+        t0 = time.perf_counter()
+        evaluate_gate(kpis, ctl, can, confidence=0.95, min_samples=30, final=False,
+                      elapsed_fraction=0.5 + i * 1e-5)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3, sorted(times)[int(0.99 * len(times))] * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--paths", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    mde = fixed_horizon_mde(LOOKS * PER_LOOK, SPLIT, 1.0)
+    print(f"$ {sys.executable.split('/')[-1]} bench/bench_gate.py --paths {args.paths} --seed {args.seed}")
+    print(f"canary: {LOOKS} looks x {PER_LOOK} units, canary share {SPLIT}, MDE {100 * mde:.1f}% relative, "
+          f"{args.paths} paths per scenario\n")
+    cases = [("A/A", 0.0, "normal"), ("harm 1xMDE", -mde, "normal"), ("harm 2xMDE", -2 * mde, "normal"),
+             ("better 1xMDE", mde, "normal"), ("better 2xMDE", 2 * mde, "normal"),
+             ("A/A lognormal", 0.0, "lognormal"), ("harm 2xMDE lognormal", -2 * mde, "lognormal")]
+    print(f"| {'scenario':<21} | {'judge':<11} | rollback | proceed | inconclusive | mean time to decision |")
+    print(f"|{'-' * 23}|{'-' * 13}|---------:|--------:|-------------:|----------------------:|")
+    t_start = time.perf_counter()
+    for i, (name, lift, dist) in enumerate(cases):
+        rng = np.random.default_rng([args.seed, i])
+        for judge, (recs, stops) in scenario(rng, args.paths, lift, dist).items():
+            r = {k: 100.0 * sum(x == k for x in recs) / len(recs) for k in ("rollback", "proceed", "inconclusive")}
+            print(f"| {name:<21} | {judge:<11} | {r['rollback']:7.1f}% | {r['proceed']:6.1f}% | "
+                  f"{r['inconclusive']:11.1f}% | {np.mean(stops):21.2f} |")
+    med, p99 = gate_cost()
+    print(f"\nevaluate_gate, 10 KPIs: median {med:.3f} ms, p99 {p99:.3f} ms per call (goal < 5 ms)")
+    print(f"benchmark wall time {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
