@@ -42,7 +42,8 @@ def estimate_effect(control: RunningStats, canary: RunningStats, *,
     if na < 2 or nb < 2:
         raise ValueError("an effect needs at least two samples per arm")
     ma, mb = control.mean, canary.mean
-    va, vb = control.variance / na, canary.variance / nb   # variances of the means
+    va = max(control.variance, 0.0) / na   # variances of the means (rounding can make m2 -0)
+    vb = max(canary.variance, 0.0) / nb
     diff = mb - ma
     if ma == 0.0 or abs(ma) <= near_zero_se * math.sqrt(va):
         se2 = va + vb

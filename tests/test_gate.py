@@ -206,3 +206,22 @@ def test_fixed_horizon_baseline_only_judges_at_the_deadline():
     assert evaluate_gate_fixed(kpis, c, k, confidence=0.95, min_samples=30, final=False).recommendation == "continue"
     d = evaluate_gate_fixed(kpis, c, k, confidence=0.95, min_samples=30, final=True)
     assert d.recommendation == "rollback" and d.method == "welch-fixed-horizon"
+
+
+def test_any_statistics_give_an_encodable_decision():
+    # robustness: odd but possible inputs never raise and never produce inf/NaN in the detail
+    rng = __import__("numpy").random.default_rng(99)
+    specs = [UP, DOWN, CRIT_DOWN, KpiSpec(direction="increase", weight=0.0, margin=0.0)]
+    for i in range(300):
+        kpis, c, k = {}, {}, {}
+        for j in range(int(rng.integers(1, 4))):
+            name = f"k{j}"
+            kpis[name] = specs[int(rng.integers(len(specs)))]
+            for side in (c, k):
+                n = int(rng.choice([0, 1, 2, 30, 1000]))
+                mean = float(rng.choice([0.0, -1.0, 1e-9, 1.0, 1e6]))
+                m2 = float(rng.choice([0.0, -1e-18, 1.0, 1e12])) if n > 1 else 0.0
+                if n:
+                    side[name] = RunningStats(n, mean, m2)
+        gate(kpis, c, k, final=bool(i % 2), elapsed_fraction=float(rng.choice([0.0, 0.01, 0.5, 1.0, 1.7])),
+             min_samples=2, traffic_fraction=float(rng.choice([0.05, 0.2, 0.5])))
