@@ -1,0 +1,69 @@
+"""Optimizer convergence on the synthetic smooth surface (handlers.optimizer.smooth_surface).
+
+    python bench/bench_optimizer.py [--seeds 10] [--cycles 30]
+
+Prints, per seed, the cycle after which the live objective gain is within 10 % of
+the constrained optimum's gain, and how many proposals broke the guardrail
+(true error rate more than its margin above the start's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from datetime import datetime, timezone
+
+from vvtv_autopilot.handlers.bounds import initial_bounds
+from vvtv_autopilot.handlers.optimizer import simulate, smooth_surface
+from vvtv_autopilot.schemas.config import KpiSpec, ParameterSpec
+
+T0 = datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc)
+KPIS = {
+    "engagement": KpiSpec(direction="increase", critical=False, weight=1.0),
+    "error_rate": KpiSpec(direction="decrease", critical=True, margin=0.05),
+}
+SPECS = {"selection.diversity_weight": ParameterSpec(min=0.1, max=0.6),
+         "curator.budget": ParameterSpec(min=0.0, max=100.0)}
+START = {"selection.diversity_weight": 0.3, "curator.budget": 30.0}   # u = (0.3, 0.4) in sorted-name order
+
+
+def scenario():
+    """Sliding ranges as after some weeks of expansion: u in [0.2, 0.9] on both axes."""
+    bounds = {}
+    for name, spec in SPECS.items():
+        b, _ = initial_bounds(name, spec, START[name], at=T0, half_width_fraction=0.5)
+        span = spec.max - spec.min
+        import msgspec
+        bounds[name] = msgspec.structs.replace(b, min_value=spec.min + 0.2 * span, max_value=spec.min + 0.9 * span)
+    return bounds
+
+
+def run(seed: int, cycles: int = 30, noise_sd: float = 0.01):
+    return simulate(surface=smooth_surface, bounds=scenario(), kpis=KPIS, start=START, cycles=cycles,
+                    seed=seed, noise_sd=noise_sd)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--cycles", type=int, default=30)
+    ap.add_argument("--noise", type=float, default=0.01)
+    args = ap.parse_args()
+    reached, violations = [], 0
+    t = time.perf_counter()
+    for seed in range(args.seeds):
+        r = run(seed, args.cycles, args.noise)
+        reached.append(r.cycles_to_within)
+        violations += r.violations
+        print(f"seed {seed:2d}: within 10% at cycle {r.cycles_to_within}, violations {r.violations}, "
+              f"gain {r.final_gain:.4f} / optimum {r.optimum_gain:.4f}, deployed {r.deployed}, "
+              f"rolled back {r.rolled_back}, no change {r.no_change}")
+    ok = [c for c in reached if c is not None]
+    print(f"\n{len(ok)}/{args.seeds} seeds within 10% in <= {args.cycles} cycles; "
+          f"median cycles {statistics.median(ok) if ok else None}, max {max(ok) if ok else None}; "
+          f"guardrail violations {violations}; {time.perf_counter() - t:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
