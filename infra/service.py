@@ -143,10 +143,17 @@ class Service:
                     good.append((self._decode(kind, msg, stream, meta.sequence.stream, at), msg))
                 except MessageError as exc:
                     bad.append((msg, str(exc)))
-            for msg, reason in bad:
-                await self._dead_letter(msg.subject, msg.data, reason)
-            if good:
-                await self._process([ib for ib, _ in good])
+            try:
+                for msg, reason in bad:
+                    await self._dead_letter(msg.subject, msg.data, reason)
+                if good:
+                    await self._process([ib for ib, _ in good])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # not acked: JetStream redelivers after ack_wait, the inbox dedupes
+                log.exception("processing a batch from %s failed; it will be redelivered", stream)
+                await asyncio.sleep(1.0)
+                continue
             for msg in msgs:
                 await msg.ack()
 

@@ -36,7 +36,13 @@ def compare(recorded: list[TransitionRecord], replayed: list[TransitionRecord]) 
         b = replayed[i] if i < len(replayed) else None
         if a is None or b is None:
             problems.append(f"seq {i + 1}: recorded {a and (a.from_, a.to)} but replay gave {b and (b.from_, b.to)}")
-        elif msgspec.to_builtins(a) != msgspec.to_builtins(b):
-            fields = [f for f in ("from_", "to", "trigger", "at", "cause", "detail", "machine") if getattr(a, f) != getattr(b, f)]
+        elif _plain(a) != _plain(b):
+            fields = [f for f in ("from_", "to", "trigger", "at", "cause", "detail", "machine")
+                      if _plain(getattr(a, f)) != _plain(getattr(b, f))]
             problems.append(f"seq {a.seq}: differs in {', '.join(fields)}")
     return problems
+
+
+def _plain(value):
+    """As it would read back from the store (tuples become lists, and so on)."""
+    return msgspec.json.decode(msgspec.json.encode(value))

@@ -1,0 +1,126 @@
+"""End to end on a real nats-server and real SQLite: whole cycles."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from conftest import WAIT, ctl, wait_for
+from vvtv_autopilot.handlers.card import version_id
+from vvtv_autopilot.schemas.messages import rfc3339
+
+DESIGN_PATH = ["Analyzing", "Bounded", "Validated", "Canary", "Gated"]
+
+
+async def _finished(service, events, cycle_id):
+    await wait_for(lambda: events.cycle_end(cycle_id), what=f"evt.cycle of {cycle_id}")
+    return await service.store.transitions(cycle_id)
+
+
+def _assert_log(records, cycle_id, end):
+    assert [r.seq for r in records] == list(range(1, len(records) + 1)), "seq must start at 1 without gaps"
+    assert [r.to for r in records] == DESIGN_PATH + [end]
+    assert records[0].from_ == "Pending"
+    for r in records:
+        assert r.cycle_id == cycle_id and r.machine and r.cause["key"] and r.at
+
+
+async def test_harmful_canary_rolls_back_through_every_state_and_keeps_the_card(service_factory, vvtv, client, events):
+    service = await service_factory()
+    card_before = service.card.history.card_path.read_bytes()
+    await vvtv(service)
+    reply = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.6}})
+    assert reply["ok"], reply
+    records = await _finished(service, events, reply["cycle_id"])
+    _assert_log(records, reply["cycle_id"], "RolledBack")
+    gated = records[-2]
+    assert gated.detail["recommendation"] == "rollback"
+    assert service.card.history.card_path.read_bytes() == card_before
+    # the same records were published, in order
+    published = [t for t in events.of("evt.transition") if t["cycle_id"] == reply["cycle_id"]]
+    await wait_for(lambda: len([t for t in events.of("evt.transition") if t["cycle_id"] == reply["cycle_id"]]) == len(records))
+    published = [t for t in events.of("evt.transition") if t["cycle_id"] == reply["cycle_id"]]
+    assert [t["seq"] for t in published] == [r.seq for r in records]
+    assert published[-1]["from"] == "Gated" and published[-1]["to"] == "RolledBack"
+    assert any(a["kind"] == "cycle_rolledback" for a in events.of("evt.alert"))
+
+
+async def test_better_canary_is_deployed_and_the_card_holds_the_new_value(service_factory, vvtv, client, events):
+    service = await service_factory()
+    sim = await vvtv(service)
+    reply = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.45}})
+    records = await _finished(service, events, reply["cycle_id"])
+    _assert_log(records, reply["cycle_id"], "Deployed")
+    card = json.loads(service.card.history.card_path.read_text())
+    assert card["selection"]["diversity_weight"] == 0.45
+    assert service.card.history.current_version_id() == version_id(card)
+    assert sim.live == {"selection.diversity_weight": 0.45}
+    live = [r for r in sim.apply_log if r["arm"] == "live"]
+    assert live and live[-1]["version_id"] == version_id(card)
+    rows = await service.store.cycles()
+    assert rows[0]["status"] == "completed" and rows[0]["outcome"] == "Deployed"
+
+
+async def test_critical_alert_mid_canary_rolls_back_at_once(service_factory, vvtv, client, events):
+    service = await service_factory(canary_duration_minutes=5)
+    await vvtv(service)
+    reply = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.45}})
+    await wait_for(lambda: service.core.running() and service.core.running().state == "Canary", what="Canary")
+    js = client.jetstream()
+    await js.publish("vvtv.alerts.critical", json.dumps({
+        "alert_id": "a-1", "severity": "critical", "source": "alert-engine", "message": "error budget burning",
+        "fired_at": rfc3339(datetime.now(timezone.utc))}).encode())
+    records = await _finished(service, events, reply["cycle_id"])
+    _assert_log(records, reply["cycle_id"], "RolledBack")
+    assert records[-2].detail["rule"] == "critical alert"
+    assert records[-2].cause["subject"] == "vvtv.alerts.critical"
+
+
+async def test_no_proposal_ends_as_no_change(service_factory, client, events):
+    service = await service_factory()
+    reply = await ctl(client, "run-now", {"actor": "test"})
+    assert reply["ok"]
+    records = await _finished(service, events, reply["cycle_id"])
+    assert [r.to for r in records] == ["Analyzing", "NoChange"]
+
+
+async def test_golden_failure_ends_without_deploying(service_factory, vvtv, client, events):
+    service = await service_factory()
+    sim = await vvtv(service, golden=lambda req: {"passed": False, "cases_run": 2,
+                                                  "failures": [{"case": "diversity-floor", "reason": "too low"}]})
+    reply = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.2}})
+    records = await _finished(service, events, reply["cycle_id"])
+    assert [r.to for r in records] == ["Analyzing", "Bounded", "Failed"]
+    assert records[-1].detail["failures"][0]["case"] == "diversity-floor"
+    assert not sim.apply_log
+
+
+async def test_active_work_over_the_limit_fails_safely(service_factory, client, events):
+    # nobody answers golden.validate within its 10 s timeout, but the cycle's
+    # active-work budget is 2 s: the scheduled timeout fires first.
+    service = await service_factory(max_execution_time_minutes=2 / 60)
+    async def never_answer(msg):
+        pass
+
+    await client.subscribe("vvtv.golden.validate", cb=never_answer)
+    reply = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.4}})
+    records = await _finished(service, events, reply["cycle_id"])
+    assert [r.to for r in records] == ["Analyzing", "Bounded", "Failed"]
+    assert records[-1].trigger == "fail" and "timeout" in records[-1].detail["reason"]
+    assert records[-1].cause["subject"].startswith("vvtv.autopilot.timer.fire.")
+    await wait_for(lambda: any(a["kind"] == "cycle_failed" for a in events.of("evt.alert")), what="evt.alert")
+
+
+async def test_replay_of_a_cycle_is_exact(service_factory, vvtv, client, events):
+    from vvtv_autopilot.schemas.config import Config
+    from vvtv_autopilot.statemachine.replay import compare, replay_cycle
+
+    service = await service_factory()
+    await vvtv(service)
+    reply = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.6}})
+    recorded = await _finished(service, events, reply["cycle_id"])
+    key, before, config_json = await service.store.cycle_start(reply["cycle_id"])
+    inbounds = await service.store.inbox_from(key)
+    replayed = replay_cycle(Config.model_validate_json(config_json), before, inbounds, reply["cycle_id"])
+    assert compare(recorded, replayed) == []
+    assert len(replayed) == 6
