@@ -80,6 +80,7 @@ class AutopilotConfig(_Strict):
     analysis_window_hours: float = Field(24, gt=0)
     min_samples_per_arm: int = Field(30, ge=2)
     apply_timeout_seconds: float = Field(10, gt=0)
+    inconclusive_action: Literal["rollback", "extend"] = "rollback"
     sliding_bounds: SlidingBoundsConfig = SlidingBoundsConfig()
     drift_monitoring: DriftMonitoringConfig = DriftMonitoringConfig()
     incident_triage: IncidentTriageConfig = IncidentTriageConfig()

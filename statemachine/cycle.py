@@ -57,6 +57,7 @@ class CycleData(msgspec.Struct, kw_only=True):
     canary: dict[str, RunningStats] = {}
     canary_started_at: str | None = None
     deadline: str | None = None
+    extended: bool = False
     gate: dict[str, Any] | None = None
     completed_at: str | None = None
     error: str | None = None
@@ -245,14 +246,32 @@ class Cycle:
             return
         d = self.data
         cfg = self.config.autopilot
+        window = cfg.canary_duration_minutes * 60.0
+        # Information time against the original window: > 1 after an extension,
+        # which keeps the mixture test's guarantee (bench/GATE.md).
+        elapsed = (step.now - parse_time(d.canary_started_at or step.at)).total_seconds() / window
         decision = evaluate_gate(
             self.config.kpis, d.control, d.canary,
             confidence=cfg.statistical_confidence_threshold, min_samples=cfg.min_samples_per_arm, final=final,
+            traffic_fraction=cfg.canary_traffic_percentage, elapsed_fraction=max(elapsed, 1e-6),
+            inconclusive_action="rollback" if d.extended else cfg.inconclusive_action,
         )
-        if decision.recommendation == "continue":
+        if decision.action == "continue":
             self._arm_check(step)
             return
-        self.judge(step, decision.recommendation, msgspec.to_builtins(decision), rule="deadline" if final else "early stop")
+        explanation = msgspec.to_builtins(decision)
+        if decision.action == "extend":
+            d.extended = True
+            d.deadline = rfc3339(step.now + timedelta(seconds=window))
+            self._fire(step, "extend", {"rule": "inconclusive at the deadline: one extension (autopilot.inconclusive_action)",
+                                        "deadline": d.deadline, "decision": explanation})
+            step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id})
+            self._arm_check(step)
+            return
+        recommendation = "proceed" if decision.action == "proceed" else decision.recommendation
+        if decision.action == "rollback" and recommendation == "proceed":  # never deploy on a rollback action
+            recommendation = "rollback"
+        self.judge(step, recommendation, explanation, rule="deadline" if final else "early stop")
 
     def judge(self, step: Step, recommendation: str, explanation: dict[str, Any], *, rule: str) -> None:
         """Canary -> Gated, then the decision's consequence."""

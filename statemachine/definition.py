@@ -39,6 +39,7 @@ TRANSITIONS = [
     {"trigger": "golden_failed", "source": "Bounded", "dest": "Failed"},
     {"trigger": "canary_started", "source": "Validated", "dest": "Canary"},
     {"trigger": "canary_apply_failed", "source": "Validated", "dest": "Failed"},
+    {"trigger": "extend", "source": "Canary", "dest": "Canary"},
     {"trigger": "judge", "source": "Canary", "dest": "Gated"},
     {"trigger": "deployed", "source": "Gated", "dest": "Deployed"},
     {"trigger": "rolled_back", "source": "Gated", "dest": "RolledBack"},
