@@ -132,7 +132,7 @@ class Service:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection lost: nats-py reconnects by itself
-                log.warning("fetch from %s failed: %s", stream, exc)
+                log.warning("fetch from %s failed: %r", stream, exc)
                 await asyncio.sleep(0.5)
                 continue
             good, bad = [], []

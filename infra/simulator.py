@@ -53,6 +53,7 @@ class SimulatedVVTV:
         self._subs: list[Any] = []
         self._task: asyncio.Task | None = None
         self.published = 0
+        self.publish_errors = 0
 
     async def start(self, tick: float = 0.25) -> None:
         self._subs.append(await self.nc.subscribe(f"{self.prefix}.business_logic.apply", cb=self._on_apply))
@@ -105,17 +106,26 @@ class SimulatedVVTV:
 
     async def _publish_loop(self, tick: float) -> None:
         while True:
-            if self.live:
-                for kpi, values in self._draw(self.live, self.batch).items():
-                    await self.publish(kpi, "live", values)
-                if self.canary is not None:
-                    n_canary = max(1, int(round(self.batch * self.canary_share)))
-                    n_control = max(1, int(round(self.batch * (1 - self.canary_share))))
-                    for kpi, values in self._draw(self.live, n_control).items():
-                        await self.publish(kpi, "control", values)
-                    for kpi, values in self._draw(self.canary, n_canary).items():
-                        await self.publish(kpi, "canary", values, self.canary_version)
+            try:
+                await self._publish_tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # streams not created yet, server restarting: try again next tick
+                self.publish_errors += 1
             await asyncio.sleep(tick)
+
+    async def _publish_tick(self) -> None:
+        if not self.live:
+            return
+        for kpi, values in self._draw(self.live, self.batch).items():
+            await self.publish(kpi, "live", values)
+        if self.canary is not None:
+            n_canary = max(1, int(round(self.batch * self.canary_share)))
+            n_control = max(1, int(round(self.batch * (1 - self.canary_share))))
+            for kpi, values in self._draw(self.live, n_control).items():
+                await self.publish(kpi, "control", values)
+            for kpi, values in self._draw(self.canary, n_canary).items():
+                await self.publish(kpi, "canary", values, self.canary_version)
 
 
 def expected_gain(surface: Surface, before: dict[str, float], after: dict[str, float], kpi: str) -> float:
