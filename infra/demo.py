@@ -16,6 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from ..handlers.golden import builtin_golden_set, evaluate_golden
 from ..schemas.config import Config
 from ..schemas.messages import rfc3339
 from ..statemachine.definition import TERMINAL
@@ -32,7 +35,7 @@ DEMO_OVERRIDES = {
 SCENARIOS = [
     ("better diversity", {"selection.diversity_weight": 0.45}, None),
     ("too much diversity", {"selection.diversity_weight": 0.6}, None),
-    ("no proposal", None, None),
+    ("optimizer's own proposal", None, None),
     ("critical alert mid-canary", {"selection.diversity_weight": 0.5}, "alert"),
 ]
 
@@ -44,6 +47,8 @@ def _demo_config(config: Config, data_dir: Path) -> Config:
     tree["bus"]["url"] = None
     tree["business_logic"]["path"] = None
     tree["golden"]["timeout_seconds"] = 5
+    # The demo's days are seconds: start with the whole hard range open.
+    tree["autopilot"]["sliding_bounds"]["initial_half_width_fraction"] = 0.5
     # Seconds-long canaries cannot show a 1 % non-inferiority on a noisy rate;
     # the demo judges the error rate against a 10 % margin instead.
     if "error_rate" in tree["kpis"]:
@@ -70,7 +75,9 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
     service.listeners.append(on_step)
     started = time.monotonic()
     await service.start()
-    sim = SimulatedVVTV(service.nc, prefix=config.bus.prefix)
+    golden_set = builtin_golden_set()
+    sim = SimulatedVVTV(service.nc, prefix=config.bus.prefix,
+                        golden=lambda req: msgspec.to_builtins(evaluate_golden(golden_set, req["parameters"])))
     sim.live = _params(service, config)
     await sim.start()
     rows: list[dict[str, Any]] = []

@@ -22,8 +22,9 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
 from ..handlers.card import version_id
+from ..handlers.golden import GoldenSet, builtin_golden_set, parse_golden_set
 from ..schemas.config import Config
-from ..schemas.errors import MessageError
+from ..schemas.errors import ConfigError, MessageError
 from ..schemas.events import ApplyResult, Boot, GoldenResult, Inbound, MetricStats, TimerEvent
 from ..schemas.messages import DeadLetter, encode, rfc3339
 from ..statemachine import Autopilot, AutopilotState, CycleData
@@ -47,6 +48,18 @@ class _CoreFailure(Exception):
     """The pure core raised: a bug, never a reason to lose other events."""
 
 
+def load_golden_set(config: Config) -> GoldenSet | None:
+    """``golden.mode: builtin``: the cases file (or the shipped set); ``service``: None."""
+    if config.golden.mode != "builtin":
+        return None
+    if config.golden.cases_file is None:
+        return builtin_golden_set()
+    try:
+        return parse_golden_set(Path(config.golden.cases_file).read_bytes())
+    except (OSError, ValueError, msgspec.MsgspecError) as exc:
+        raise ConfigError([("golden.cases_file", str(config.golden.cases_file), f"cannot be used: {exc}")]) from None
+
+
 def utcnow() -> str:
     return rfc3339(datetime.now(timezone.utc))
 
@@ -61,6 +74,7 @@ class Service:
         self.card = CardFile(config.card_path, self.data_dir / "history")
         self.telemetry = Telemetry(config.telemetry)
         self.core: Autopilot | None = None
+        self.golden_set = load_golden_set(config)
         self.store: Store | None = None
         self.nc = None
         self.js = None
@@ -285,7 +299,7 @@ class Service:
         state_json, cycle_json = await self.store.load_state()
         state = _state_dec.decode(state_json) if state_json else AutopilotState()
         cycle = _cycle_dec.decode(cycle_json) if cycle_json else None
-        self.core = Autopilot(self.config, state, cycle)
+        self.core = Autopilot(self.config, state, cycle, golden=self.golden_set)
 
     # --- outbox relay ---------------------------------------------------------------------------------
 

@@ -191,6 +191,7 @@ class Store:
         db = self._db
         inbox, transitions, outbox, cycles, canaries, commands, replies = [], [], [], {}, {}, [], []
         counters: dict[str, int] = {}
+        bounds: dict[str, Any] = {}
         for step in steps:
             ib = step.inbound
             inbox.append((ib.key, ib.subject, ib.at, ib.stream_seq, _enc.encode(ib.event).decode()))
@@ -205,6 +206,7 @@ class Store:
             if step.command is not None:
                 c = step.command
                 commands.append((c["at"], c["verb"], c["via"], c["actor"], c["reason"], _json(c["body"]), int(c["ok"]), c["error"]))
+            bounds.update(step.bounds_rows)
             for name, n in step.counters.items():
                 counters[name] = counters.get(name, 0) + n
             effect_id = getattr(ib.event, "effect_id", None)
@@ -235,6 +237,13 @@ class Store:
             await db.executemany(
                 "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                 list(counters.items()))
+            await db.executemany(
+                "INSERT INTO parameter_bounds VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(parameter_name) DO UPDATE SET "
+                "min_value=excluded.min_value, max_value=excluded.max_value, current_value=excluded.current_value, "
+                "stability_days=excluded.stability_days, rollback_count=excluded.rollback_count, "
+                "last_updated=excluded.last_updated, bounds_history=excluded.bounds_history",
+                [(b.parameter_name, b.min_value, b.max_value, b.current_value, b.stability_days, b.rollback_count,
+                  b.last_updated, _json(b.history)) for b in bounds.values()])
             for start in cycle_starts:
                 await db.execute(
                     "INSERT INTO cycle_snapshots(cycle_id, snapshot, start_inbox_key, state_before, config) VALUES (?,?,?,?,?)",

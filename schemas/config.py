@@ -40,6 +40,8 @@ class SlidingBoundsConfig(_Strict):
     stability_threshold_days: int = Field(7, ge=1)
     rollback_threshold: int = Field(3, ge=1)
     anti_windup_enabled: bool = True
+    # Beyond the seed: the first sliding range is current value ± this share of the hard span.
+    initial_half_width_fraction: float = Field(0.1, gt=0, le=0.5)
 
 
 class DriftMonitoringConfig(_Strict):
@@ -81,6 +83,7 @@ class AutopilotConfig(_Strict):
     min_samples_per_arm: int = Field(30, ge=2)
     apply_timeout_seconds: float = Field(10, gt=0)
     inconclusive_action: Literal["rollback", "extend"] = "rollback"
+    validation_failures_before_pause: int = Field(2, ge=1)
     sliding_bounds: SlidingBoundsConfig = SlidingBoundsConfig()
     drift_monitoring: DriftMonitoringConfig = DriftMonitoringConfig()
     incident_triage: IncidentTriageConfig = IncidentTriageConfig()

@@ -13,12 +13,16 @@ from typing import Any
 
 import msgspec
 
+from ..handlers.bounds import ParameterBounds
+from ..handlers.golden import GoldenSet
+from ..handlers.optimizer import CycleOutcome
 from ..handlers.stats import RunningStats
 from ..schemas.config import Config
 from ..schemas.events import (AlertEvent, ApplyResult, Boot, CommandEvent, GoldenResult, Inbound,
                               MetricStats, TimerEvent)
 from ..schemas.messages import parse_time, rfc3339
 from .commands import handle_command
+from . import tuning
 from .cycle import Cycle, CycleData
 from .step import Step
 
@@ -31,12 +35,14 @@ class AutopilotState(msgspec.Struct, kw_only=True):
     paused_by: str | None = None
     pause_reason: str | None = None
     overrides: dict[str, dict[str, Any]] = {}
-    bounds_overrides: dict[str, dict[str, Any]] = {}
     cycle_counter: int = 0
     active_cycle_id: str | None = None
     last_cycle: dict[str, Any] | None = None
     next_daily: str | None = None
     live: dict[str, dict[str, RunningStats]] = {}   # kpi -> hour bucket (RFC 3339) -> stats
+    bounds: dict[str, ParameterBounds] = {}
+    outcomes: list[CycleOutcome] = []                # what past canaries measured (optimizer input)
+    validation_failures: int = 0                     # consecutive golden-set failures
 
 
 def next_daily_at(now: datetime, hhmm: str) -> datetime:
@@ -46,8 +52,10 @@ def next_daily_at(now: datetime, hhmm: str) -> datetime:
 
 
 class Autopilot:
-    def __init__(self, config: Config, state: AutopilotState | None = None, cycle: CycleData | None = None):
+    def __init__(self, config: Config, state: AutopilotState | None = None, cycle: CycleData | None = None,
+                 *, golden: GoldenSet | None = None):
         self.config = config
+        self.golden = golden   # the built-in golden set (golden.mode: builtin), else None
         self.state = state or AutopilotState()
         self.cycle: Cycle | None = Cycle(cycle, config) if cycle is not None else None
         self.state_dirty = False
@@ -73,7 +81,9 @@ class Autopilot:
             "cycle_id": running.data.cycle_id if running else None,
             "paused": self.paused(now), "paused_until": None if s.paused_forever else s.paused_until,
             "emergency_pause": s.paused_forever, "paused_by": s.paused_by,
-            "card_version": s.card_version, "overrides": s.overrides, "bounds_overrides": s.bounds_overrides,
+            "card_version": s.card_version, "overrides": s.overrides,
+            "bounds_overrides": {n: msgspec.to_builtins(b.override) for n, b in s.bounds.items()
+                                 if b.override is not None and tuning.B.override_active(b, now)},
             "next_daily": s.next_daily, "last_cycle": s.last_cycle,
             "cycle": None if running is None else {
                 "cycle_id": running.data.cycle_id, "state": running.state, "origin": running.data.origin,
@@ -162,6 +172,7 @@ class Autopilot:
                 step.count("stale_timers")
                 return
             self._arm_daily(step)
+            tuning.daily(self, step)
             if self.config.autopilot.enabled and not self.paused(step.now) and self.running() is None:
                 self.start_cycle(step, origin="daily", actor="scheduler", proposal=None)
             return
@@ -171,12 +182,14 @@ class Autopilot:
                 step.publish("autopilot.evt.command", {"verb": "pause-expired", "at": step.at, "ok": True})
             return
         if ev.kind == "override_expiry":
-            for table in (s.overrides, s.bounds_overrides):
-                for name, entry in list(table.items()):
-                    if entry.get("until") == ev.token and parse_time(ev.token) <= step.now:
-                        del table[name]
-                        self.state_dirty = True
-                        step.publish("autopilot.evt.command", {"verb": "override-expired", "parameter": name, "at": step.at, "ok": True})
+            for name, bounds in sorted(s.bounds.items()):
+                if bounds.override is not None:
+                    tuning.emit(self, step, name, tuning.B.refresh(bounds, at=step.now))
+            for name, entry in list(s.overrides.items()):
+                if entry.get("until") == ev.token and parse_time(ev.token) <= step.now:
+                    del s.overrides[name]
+                    self.state_dirty = True
+                    step.publish("autopilot.evt.command", {"verb": "override-expired", "parameter": name, "at": step.at, "ok": True})
             return
         cycle = self.running()
         if cycle is None or ev.cycle_id != cycle.data.cycle_id:
@@ -213,6 +226,7 @@ class Autopilot:
                 step.publish("autopilot.evt.alert", {"kind": "card_changed_outside", "at": step.at,
                                                      "message": f"card on disk is {ev.card_version}, expected {s.card_version}"})
             s.card, s.card_version = ev.card, ev.card_version
+        tuning.ensure_bounds(self, step)
         if self.config.autopilot.emergency_pause and not s.paused_forever:
             self.set_pause(None, forever=True, actor="configuration", reason="autopilot.emergency_pause is true")
         self.state_dirty = True
@@ -256,7 +270,10 @@ class Autopilot:
         self.cycle = cycle
         s.active_cycle_id = cycle_id
         self.state_dirty = True
-        cycle.start(step, self.live_window(step.now))
+        cycle.start(step, self.live_window(step.now),
+                    proposer=lambda c: tuning.optimizer_proposal(self, step, c),
+                    checker=lambda name, value, mode: tuning.check(self, step, name, value, mode),
+                    golden=self.golden)
         return cycle
 
     def _cycle_ended(self, step: Step, cycle: Cycle) -> None:
@@ -265,5 +282,19 @@ class Autopilot:
         if cycle.state == "Deployed" and d.candidate_card is not None:
             s.card, s.card_version = d.candidate_card, d.candidate_version or ""
         s.active_cycle_id = None
+        tuning.after_cycle(self, step, cycle)
+        if cycle.state == "Failed" and d.error == "golden-set validation failed":
+            s.validation_failures += 1
+            limit = self.config.autopilot.validation_failures_before_pause
+            if s.validation_failures >= limit and not self.paused(step.now):
+                hours = self.config.autopilot.drift_monitoring.pause_duration_hours
+                until = rfc3339(step.now + timedelta(hours=hours))
+                self.set_pause(until, forever=False, actor="fail-safe",
+                               reason=f"{s.validation_failures} consecutive golden-set validation failures")
+                step.schedule("pause", parse_time(until), {"kind": "pause_expiry", "token": until})
+                step.publish("autopilot.evt.alert", {"kind": "paused", "at": step.at, "until": until, "actor": "fail-safe",
+                                                     "message": s.pause_reason})
+        elif cycle.state in ("Deployed", "RolledBack", "NoChange"):
+            s.validation_failures = 0
         s.last_cycle = {"cycle_id": d.cycle_id, "outcome": cycle.state, "completed_at": d.completed_at, "error": d.error}
         self.state_dirty = True

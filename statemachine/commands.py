@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ..handlers.card import parameter_values
 from ..schemas.events import CommandEvent, Effect
 from ..schemas.messages import parse_time, rfc3339
+from . import tuning
+from ..handlers import bounds as B
 from .step import Step
 
 if TYPE_CHECKING:
@@ -48,15 +50,18 @@ def _hours_until(step: Step, hours: float) -> str:
     return rfc3339(step.now + timedelta(hours=hours))
 
 
-def _stop_running_cycle(ap: "Autopilot", step: Step, why: str) -> None:
+def _stop_running_cycle(ap: "Autopilot", step: Step, why: str) -> dict[str, Any]:
+    """Stop the running cycle, if any; the reply names it (``cycle_id``)."""
     cycle = ap.running()
     if cycle is None:
-        return
+        return {}
+    stopped = {"cycle_id": cycle.data.cycle_id}
     if cycle.state == "Canary":
         cycle.judge(step, "rollback", {"reason": why}, rule="operator")
     elif cycle.state in ("Analyzing", "Bounded", "Validated"):
         cycle.cancel(step, why)
     # In Gated a live deployment is already in flight; it finishes on its reply.
+    return stopped
 
 
 def _pause(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
@@ -66,18 +71,18 @@ def _pause(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
         raise _Refused("already in emergency pause; send resume first")
     ap.set_pause(until, forever=False, actor=body["actor"], reason=body.get("reason"))
     step.schedule("pause", parse_time(until), {"kind": "pause_expiry", "token": until})
-    _stop_running_cycle(ap, step, f"paused by {body['actor']}")
+    stopped = _stop_running_cycle(ap, step, f"paused by {body['actor']}")
     step.publish("autopilot.evt.alert", {"kind": "paused", "at": step.at, "until": until, "actor": body["actor"],
                                          "message": body.get("reason") or "autopilot paused"})
-    return {"paused_until": until}
+    return {"paused_until": until, **stopped}
 
 
 def _emergency_pause(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
     ap.set_pause(None, forever=True, actor=body["actor"], reason=body.get("reason"))
-    _stop_running_cycle(ap, step, f"emergency pause by {body['actor']}")
+    stopped = _stop_running_cycle(ap, step, f"emergency pause by {body['actor']}")
     step.publish("autopilot.evt.alert", {"kind": "emergency_pause", "at": step.at, "actor": body["actor"],
                                          "message": body.get("reason") or "autopilot in emergency pause"})
-    return {"paused_until": None, "emergency_pause": True}
+    return {"paused_until": None, "emergency_pause": True, **stopped}
 
 
 def _resume(ap: "Autopilot", step: Step, body: dict[str, Any]) -> None:
@@ -103,28 +108,33 @@ def _run_now(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any
     return {"cycle_id": cycle.data.cycle_id}
 
 
-def _check_parameter(ap: "Autopilot", name: str, value: float | None = None) -> None:
+def _check_parameter(ap: "Autopilot", step: Step, name: str, value: float | None = None) -> None:
     spec = ap.config.parameters.get(name)
     if spec is None:
         raise _Refused(f"unknown parameter {name!r}; tunable: {', '.join(sorted(ap.config.parameters)) or 'none'}")
-    if value is not None and not spec.min <= value <= spec.max:
-        raise _Refused(f"{name}={value} is outside its bounds [{spec.min}, {spec.max}]")
+    if value is None:
+        return
+    if not spec.min <= value <= spec.max:
+        raise _Refused(f"{name}={value} is outside its hard limits [{spec.min}, {spec.max}]")
 
 
 def _propose(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
     _can_start(ap, step)
     changes = {str(k): float(v) for k, v in body["changes"].items()}
     for name, value in sorted(changes.items()):
-        _check_parameter(ap, name, value)
+        _check_parameter(ap, step, name, value)
         if name in ap.state.overrides:
             raise _Refused(f"{name} is pinned by an override until {ap.state.overrides[name].get('until')}; clear it first")
+        check = tuning.check(ap, step, name, value, "reject")
+        if check.action == "rejected":  # refused with the bound, never silently changed
+            raise _Refused(check.reason)
     cycle = ap.start_cycle(step, origin="propose", actor=body["actor"], proposal=changes)
     return {"cycle_id": cycle.data.cycle_id}
 
 
 def _override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
     name, value = body["parameter"], float(body["value"])
-    _check_parameter(ap, name, value)
+    _check_parameter(ap, step, name, value)
     hours = float(body.get("hours") or ap.config.autopilot.manual_override_hours)
     until = _hours_until(step, hours)
     ap.state.overrides[name] = {"value": value, "until": until, "actor": body["actor"], "reason": body.get("reason")}
@@ -135,20 +145,28 @@ def _override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, An
 
 def _clear_override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> None:
     name = body["parameter"]
-    if ap.state.overrides.pop(name, None) is None and ap.state.bounds_overrides.pop(name, None) is None:
+    bounds = ap.state.bounds.get(name)
+    had_bounds_override = bounds is not None and B.override_active(bounds, step.now)
+    if ap.state.overrides.pop(name, None) is None and not had_bounds_override:
         raise _Refused(f"{name} has no override to clear")
+    if had_bounds_override:
+        tuning.emit(ap, step, name, B.clear_bounds_override(bounds, at=step.now, actor=body["actor"]))
     ap.state_dirty = True
 
 
 def _bounds_override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
     name = body["parameter"]
-    _check_parameter(ap, name)
+    _check_parameter(ap, step, name)
     hours = float(body.get("hours") or ap.config.autopilot.manual_override_hours)
-    until = _hours_until(step, hours)
-    ap.state.bounds_overrides[name] = {"min": body["min"], "max": body["max"], "until": until, "actor": body["actor"]}
-    ap.state_dirty = True
-    step.schedule(f"override.{name}", parse_time(until), {"kind": "override_expiry", "token": until})
-    return {"parameter": name, "until": until}
+    until = step.now + timedelta(hours=hours)
+    try:
+        update = B.bounds_override(ap.state.bounds[name], min_value=float(body["min"]), max_value=float(body["max"]),
+                                   until=until, at=step.now, actor=body["actor"], reason=body.get("reason"))
+    except B.BoundsError as exc:
+        raise _Refused(str(exc)) from None
+    tuning.emit(ap, step, name, update)
+    step.schedule(f"override.{name}", until, {"kind": "override_expiry", "token": rfc3339(until)})
+    return {"parameter": name, "until": rfc3339(until), "min": float(body["min"]), "max": float(body["max"])}
 
 
 def _canary_end(ap: "Autopilot", step: Step, body: dict[str, Any], recommendation: str) -> dict[str, Any]:

@@ -9,13 +9,15 @@ else from the world. A cycle restored from its snapshot gets its machine with
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 from transitions import Machine, MachineError
 
 from ..handlers import card as cards
+from ..handlers.changes import manual_change
 from ..handlers.gate import evaluate_gate
+from ..handlers.golden import GoldenSet, evaluate_golden
 from ..handlers.stats import RunningStats
 from ..schemas.config import Config
 from ..schemas.events import Effect, TransitionRecord
@@ -48,6 +50,7 @@ class CycleData(msgspec.Struct, kw_only=True):
     awaiting: str | None = None       # effect id whose reply the cycle waits for
     proposal: dict[str, float] | None = None
     changes: list[dict[str, Any]] = []
+    prediction: dict[str, Any] | None = None   # the optimizer's ExpectedImpact (drift monitor input)
     analysis: dict[str, Any] = {}
     base_card: dict[str, Any] = {}
     base_version: str = ""
@@ -145,8 +148,10 @@ class Cycle:
 
     # --- the stages ----------------------------------------------------------------
 
-    def start(self, step: Step, live: dict[str, RunningStats]) -> None:
-        """Pending -> Analyzing -> (Bounded | NoChange)."""
+    def start(self, step: Step, live: dict[str, RunningStats], *, proposer: Callable[["Cycle"], Any],
+              checker: Callable[[str, float, str], Any], golden: GoldenSet | None = None) -> None:
+        """Pending -> Analyzing -> (Bounded | NoChange); with the built-in golden
+        set, Bounded -> (Validated | Failed) in the same step."""
         d = self.data
         analysis = {
             kpi: live.get(kpi, RunningStats()).summary() | {"variance": live.get(kpi, RunningStats()).variance}
@@ -154,38 +159,51 @@ class Cycle:
         }
         d.analysis = {"window_hours": self.config.autopilot.analysis_window_hours, "kpis": analysis}
         self._fire(step, "start", {"origin": d.origin, "actor": d.actor, "analysis": d.analysis})
-        if not d.proposal:
-            self._fire(step, "no_change", {"reason": "no proposal: no ctl.propose was given and no optimizer is configured"})
+        proposal_detail: dict[str, Any] = {"source": "ctl.propose", "actor": d.actor}
+        if d.proposal is None:
+            p = proposer(self)
+            proposal_detail = {"source": "optimizer", "method": p.method, "reason": p.reason, "seed": p.seed,
+                               "candidates": p.candidates, "safe_candidates": p.safe_candidates}
+            if not p.changes:
+                self._fire(step, "no_change", {"reason": f"optimizer proposes no change: {p.reason}", "proposal": proposal_detail})
+                return
+            d.proposal = {c.parameter_name: float(c.new_value) for c in p.changes}
+            d.changes = [msgspec.to_builtins(c) for c in p.changes]
+            d.prediction = msgspec.to_builtins(p.expected_impact) if p.expected_impact is not None else None
+        else:
+            d.changes = [msgspec.to_builtins(manual_change(name, cards.get_path(d.base_card, name, None), value))
+                         for name, value in sorted(d.proposal.items())]
+        # Operators' values are refused when out of range, never changed;
+        # the optimizer's are clamped into the sliding range.
+        mode = "reject" if d.origin == "propose" else "clamp"
+        checks = [checker(name, value, mode) for name, value in sorted(d.proposal.items())]
+        detail_checks = [msgspec.to_builtins(c) for c in checks]
+        rejected = [c for c in checks if c.action == "rejected"]
+        if rejected:
+            self._fire(step, "no_change", {"reason": "proposal rejected by bounds: " + "; ".join(c.reason for c in rejected),
+                                           "checks": detail_checks, "proposal": proposal_detail})
             return
-        problems = self._out_of_bounds(d.proposal)
-        if problems:
-            self._fire(step, "no_change", {"reason": "proposal rejected by bounds", "rejected": problems})
-            return
-        d.changes = [
-            {"parameter_name": name, "old_value": cards.get_path(d.base_card, name, None), "new_value": value,
-             "change_type": "optimization" if d.origin != "propose" else "correction"}
-            for name, value in sorted(d.proposal.items())
-        ]
+        for c in checks:
+            if c.action == "clamped":
+                d.proposal[c.parameter] = float(c.value)
+                for change in d.changes:
+                    if change["parameter_name"] == c.parameter:
+                        change["new_value"] = float(c.value)
         d.candidate_card = cards.with_values(d.base_card, d.proposal)
         d.candidate_version = cards.version_id(d.candidate_card)
-        bounds = {n: [self.config.parameters[n].min, self.config.parameters[n].max] for n in d.proposal}
-        self._fire(step, "bounds_ok", {"rule": "hard min/max from configuration", "bounds": bounds,
-                                       "changes": d.changes, "candidate_version": d.candidate_version})
+        self._fire(step, "bounds_ok", {"rule": "sliding bounds (" + mode + ")", "checks": detail_checks,
+                                       "changes": d.changes, "proposal": proposal_detail,
+                                       "candidate_version": d.candidate_version})
+        if golden is not None:
+            reply = evaluate_golden(golden, self._params(d.candidate_card))
+            self.golden_result(step, reply.passed, {"evaluator": "builtin", "cases_run": reply.cases_run,
+                                                    "failures": msgspec.to_builtins(reply.failures)})
+            return
         effect_id = self._effect_id("golden")
         step.effects.append(Effect(effect_id, "golden", {"request": {
             "cycle_id": d.cycle_id, "version_id": d.candidate_version, "parameters": self._params(d.candidate_card),
         }}))
         d.awaiting = effect_id
-
-    def _out_of_bounds(self, proposal: dict[str, float]) -> list[dict[str, Any]]:
-        problems = []
-        for name, value in sorted(proposal.items()):
-            spec = self.config.parameters.get(name)
-            if spec is None:
-                problems.append({"parameter": name, "value": value, "rule": "not a configured parameter"})
-            elif not spec.min <= value <= spec.max:
-                problems.append({"parameter": name, "value": value, "rule": f"outside [{spec.min}, {spec.max}]"})
-        return problems
 
     def golden_result(self, step: Step, passed: bool, detail: dict[str, Any]) -> None:
         self.data.awaiting = None

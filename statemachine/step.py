@@ -34,6 +34,7 @@ class Step:
         self.reply: dict[str, Any] | None = None
         self.command: dict[str, Any] | None = None   # the command row to store, if any
         self.counters: dict[str, int] = {}
+        self.bounds_rows: dict[str, Any] = {}      # parameter -> ParameterBounds to store
         self._n = 0
 
     def next_id(self, purpose: str) -> str:

@@ -36,7 +36,8 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: st
 def make_config(tmp_path: Path, url: str | None, **autopilot: Any) -> Config:
     tree = {
         "autopilot": {"canary_duration_minutes": 0.1, "check_interval_minutes": 0.025, "min_samples_per_arm": 30,
-                      "apply_timeout_seconds": 10, **autopilot},
+                      "apply_timeout_seconds": 10, "sliding_bounds": {"initial_half_width_fraction": 0.5},
+                      **autopilot},
         "bus": {"url": url},
         "storage": {"data_dir": str(tmp_path / "data")},
         "golden": {"timeout_seconds": 10},

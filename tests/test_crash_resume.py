@@ -60,6 +60,7 @@ async def test_sigkill_during_canary_then_restart_finishes_the_cycle_once(tmp_pa
     config = tmp_path / "autopilot.yaml"
     config.write_text(
         "autopilot:\n  canary_duration_minutes: 0.2\n  check_interval_minutes: 0.05\n  min_samples_per_arm: 30\n"
+        "  sliding_bounds: {initial_half_width_fraction: 0.5}\n"
         f"storage:\n  data_dir: {data}\n"
         "kpis:\n  selection_entropy: {direction: increase}\n  error_rate: {direction: decrease, critical: true, margin: 0.1}\n")
     log = tmp_path / "service.log"

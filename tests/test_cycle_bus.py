@@ -76,12 +76,36 @@ async def test_critical_alert_mid_canary_rolls_back_at_once(service_factory, vvt
     assert records[-2].cause["subject"] == "vvtv.alerts.critical"
 
 
-async def test_no_proposal_ends_as_no_change(service_factory, client, events):
+async def test_without_a_proposal_the_optimizer_proposes_and_the_cycle_reaches_canary(service_factory, vvtv, client, events):
     service = await service_factory()
+    await vvtv(service)
     reply = await ctl(client, "run-now", {"actor": "test"})
-    assert reply["ok"]
+    assert reply["ok"], reply
+    records = await _finished(service, events, reply["cycle_id"])
+    assert [r.to for r in records][:4] == ["Analyzing", "Bounded", "Validated", "Canary"]
+    bounded = records[1].detail
+    assert bounded["proposal"]["source"] == "optimizer" and bounded["proposal"]["method"] == "exploration"
+    (check,) = bounded["checks"]
+    low, high = check["range"]
+    assert check["action"] in ("accepted", "clamped") and low <= check["value"] <= high
+    snapshot = service.core.cycle.data
+    assert snapshot.prediction is not None and snapshot.changes[0]["change_type"] in ("exploration", "optimization")
+
+
+async def test_a_pinned_parameter_is_never_proposed(service_factory, client, events):
+    service = await service_factory()
+    assert (await ctl(client, "override", {"actor": "ops", "parameter": "selection.diversity_weight", "value": 0.35}))["ok"]
+    reply = await ctl(client, "run-now", {"actor": "test"})
     records = await _finished(service, events, reply["cycle_id"])
     assert [r.to for r in records] == ["Analyzing", "NoChange"]
+    assert "pinned" in records[-1].detail["reason"]
+
+
+async def test_an_operator_value_outside_the_sliding_range_is_refused_with_the_bound(service_factory, client):
+    service = await service_factory(sliding_bounds={"initial_half_width_fraction": 0.1})
+    reply = await ctl(client, "propose", {"actor": "ops", "changes": {"selection.diversity_weight": 0.55}})
+    assert reply["ok"] is False and "sliding maximum" in reply["error"], reply
+    assert service.core.running() is None
 
 
 async def test_golden_failure_ends_without_deploying(service_factory, vvtv, client, events):
