@@ -65,10 +65,14 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
     service = Service(config)
     ended: asyncio.Queue = asyncio.Queue()
     paths: dict[str, list[str]] = {}
+    proposed: dict[str, str] = {}
 
     def on_step(step) -> None:
         for t in step.transitions:
             paths.setdefault(t.cycle_id, [t.from_]).append(t.to)
+            if t.to == "Bounded":
+                proposed[t.cycle_id] = ", ".join(f"{c['parameter_name'].rsplit('.', 1)[-1]} {c['old_value']}->{c['new_value']:.3g}"
+                                                 for c in t.detail.get("changes", []))
             if t.to in TERMINAL:
                 ended.put_nowait((t.cycle_id, t.to, t.detail))
 
@@ -104,7 +108,8 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
                 if done_id == cycle_id:
                     break
             rows.append({"day": day, "scenario": label, "cycle_id": cycle_id, "outcome": outcome,
-                         "path": " > ".join(paths.get(cycle_id, [])), "seconds": round(time.monotonic() - t0, 1),
+                         "path": " > ".join(paths.get(cycle_id, [])),
+                         "change": proposed.get(cycle_id, "-"), "seconds": round(time.monotonic() - t0, 1),
                          "why": _why(service, cycle_id, detail)})
     finally:
         await sim.stop()
@@ -118,9 +123,10 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{'day':<4}{'scenario':<27}{'outcome':<11}{'secs':>5}  why")
+        print(f"{'day':<4}{'scenario':<27}{'change':<32}{'outcome':<11}{'secs':>5}  why")
         for r in rows:
-            print(f"{r['day']:<4}{r['scenario']:<27}{r['outcome']:<11}{r.get('seconds', 0):>5}  {r.get('why') or ''}")
+            print(f"{r['day']:<4}{r['scenario']:<27}{r.get('change', '-'):<32}{r['outcome']:<11}{r.get('seconds', 0):>5}  "
+                  f"{r.get('why') or ''}")
             if r.get("path"):
                 print(f"{'':<4}{'':<27}{r['path']}")
         print(f"\nfinal card: {json.dumps(card, sort_keys=True)}")

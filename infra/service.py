@@ -141,7 +141,7 @@ class Service:
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(self.batch_size if kind == "metrics" else 100, timeout=1.0)
-            except NatsTimeout:
+            except (NatsTimeout, asyncio.TimeoutError):  # nothing there: fetch raises, never returns []
                 continue
             except asyncio.CancelledError:
                 raise
