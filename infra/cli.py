@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("history", parents=[common], help="cycles and outcomes from the store")
     h.add_argument("--limit", type=int, default=20)
     h.add_argument("--versions", action="store_true", help="list stored business-logic versions instead")
+    sub.add_parser("bounds", parents=[common], help="sliding ranges, stable days, rollback counts, last adjustments")
     r = sub.add_parser("replay", parents=[common], help="replay a cycle from its recorded events and compare")
     r.add_argument("cycle_id")
     return p
@@ -145,10 +146,10 @@ async def _main(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return await run_demo(config, cycles=args.cycles, as_json=args.json)
-    if args.command in ("history", "replay"):
-        from .review import history, replay
+    if args.command in ("history", "replay", "bounds"):
+        from . import review
 
-        return await (history(config, args) if args.command == "history" else replay(config, args))
+        return await getattr(review, args.command)(config, args)
     body = {} if args.command == "status" else _body(args)
     reply = await _request(config, args.command, body, args.timeout)
     if args.command == "status":

@@ -48,6 +48,24 @@ async def history(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def bounds(config: Config, args: argparse.Namespace) -> int:
+    store = await Store.open(_store_path(config))
+    try:
+        rows = await store.bounds()
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'parameter':<32}{'range':<24}{'current':>9}{'stable days':>13}{'rollbacks':>11}")
+    for r in rows:
+        print(f"{r['parameter_name']:<32}{'[%.4g, %.4g]' % (r['min_value'], r['max_value']):<24}"
+              f"{r['current_value']:>9.4g}{r['stability_days']:>13}{r['rollback_count']:>11}")
+        for adj in r["bounds_history"][-3:]:
+            print(f"    {adj['at']}  {adj['kind']:<12} {adj['reason']}")
+    return 0
+
+
 async def replay(config: Config, args: argparse.Namespace) -> int:
     store = await Store.open(_store_path(config))
     try:

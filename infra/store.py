@@ -317,6 +317,14 @@ class Store:
         decoder = msgspec.json.Decoder(CoreEvent)
         return [Inbound(key=r[0], subject=r[1], at=r[2], stream_seq=r[3], event=decoder.decode(r[4])) for r in rows]
 
+    async def bounds(self) -> list[dict[str, Any]]:
+        rows = await (await self._db.execute(
+            "SELECT parameter_name, min_value, max_value, current_value, stability_days, rollback_count, "
+            "last_updated, bounds_history FROM parameter_bounds ORDER BY parameter_name")).fetchall()
+        return [{"parameter_name": r[0], "min_value": r[1], "max_value": r[2], "current_value": r[3],
+                 "stability_days": r[4], "rollback_count": r[5], "last_updated": r[6],
+                 "bounds_history": json.loads(r[7]) if r[7] else []} for r in rows]
+
     async def counters(self) -> dict[str, int]:
         rows = await (await self._db.execute("SELECT name, value FROM counters")).fetchall()
         return {r[0]: r[1] for r in rows}
