@@ -167,6 +167,11 @@ def _adj(b: ParameterBounds, kind: AdjustmentKind, old: tuple[float, float], new
 
 
 def _commit(b: ParameterBounds, adjs: list[BoundsAdjustment], at: datetime, **changes) -> Update:
+    # Rounding (e.g. 1.0 - (1.0 - 3e-214) == 0.0) must never carry a range past the hard limits.
+    if "min_value" in changes:
+        changes["min_value"] = min(max(changes["min_value"], b.hard_min), b.hard_max)
+    if "max_value" in changes:
+        changes["max_value"] = min(max(changes["max_value"], b.hard_min), b.hard_max)
     history = b.history
     if adjs:
         history = (list(history) + adjs)[-HISTORY_LIMIT:]
@@ -200,7 +205,10 @@ def effective_range(b: ParameterBounds, at: datetime | None = None) -> tuple[flo
 
 
 def check_invariants(b: ParameterBounds, at: datetime | None = None) -> list[str]:
-    """Every broken invariant, as text (empty when all hold)."""
+    """Every broken invariant, as text (empty when all hold). An override that has
+    run out by ``at`` is expired first: stored bounds expire it lazily."""
+    if at is not None:
+        b = refresh(b, at=at)[0]
     eps = _eps(b)
     problems = []
     if not (b.hard_min < b.hard_max):

@@ -235,7 +235,10 @@ def rfc3339(ts: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
-    value = msgspec.json.decode(msgspec.json.encode(text), type=datetime)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = msgspec.json.decode(msgspec.json.encode(text), type=datetime)
     if value.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no UTC offset")
     return value.astimezone(timezone.utc)

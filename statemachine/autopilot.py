@@ -134,9 +134,12 @@ class Autopilot:
             bucket = rfc3339(end.replace(minute=0, second=0, microsecond=0))
             buckets = self.state.live.setdefault(ev.kpi, {})
             buckets[bucket] = buckets.get(bucket, RunningStats()).merge(stats)
-            horizon = end - timedelta(hours=self.config.autopilot.analysis_window_hours + 1)
-            for old in [b for b in buckets if parse_time(b) < horizon]:
-                del buckets[old]
+            if len(buckets) > self.config.autopilot.analysis_window_hours + 2:
+                # Bucket keys are RFC 3339 hours: as strings they sort as times.
+                horizon = rfc3339((end - timedelta(hours=self.config.autopilot.analysis_window_hours + 1))
+                                  .replace(minute=0, second=0, microsecond=0))
+                for old in [b for b in buckets if b < horizon]:
+                    del buckets[old]
             self.state_dirty = True
             step.count("live_samples", ev.n)
             return

@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import nats
 import pytest
+from hypothesis import settings
+
+# Property tests explore at random while developing; CI replays a fixed,
+# derandomized set so that a red build is reproducible.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 from vvtv_autopilot.infra.natsserver import EmbeddedNats
 from vvtv_autopilot.infra.service import Service
