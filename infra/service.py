@@ -25,7 +25,7 @@ from ..handlers.card import version_id
 from ..handlers.golden import GoldenSet, builtin_golden_set, parse_golden_set
 from ..schemas.config import Config
 from ..schemas.errors import ConfigError, MessageError
-from ..schemas.events import ApplyResult, Boot, GoldenResult, Inbound, MetricStats, TimerEvent
+from ..schemas.events import ApplyResult, Boot, CommandEvent, GoldenResult, Inbound, MetricStats, TimerEvent
 from ..schemas.messages import DeadLetter, encode, rfc3339
 from ..statemachine import Autopilot, AutopilotState, CycleData
 from ..statemachine.step import Step
@@ -203,8 +203,6 @@ class Service:
                 reply["counters"] = await self.store.counters()
             else:
                 event = command_event(verb, msg.data, "ctl")
-                if verb == "rollback":
-                    event = await self._verify_rollback(event)
                 inbound = Inbound(key=f"ctl:{uuid.uuid4().hex}", subject=msg.subject, at=utcnow(), event=event)
                 steps = await self._process([inbound])
                 reply = steps[0].reply if steps else None
@@ -218,16 +216,22 @@ class Service:
         if msg.reply:
             await msg.respond(_enc.encode(reply))
 
-    async def _verify_rollback(self, event):
-        """I/O before the core: the target must exist in history and be whole;
-        the atomic rollback itself happens here, the core adopts the result."""
-        body = dict(event.body)
+    async def _prepare_rollback(self, ib: Inbound) -> Inbound:
+        """The file-system half of a rollback command, under the core's lock and
+        before its step: the atomic rollback on disk (or why it could not be
+        done) goes into the event, which the core then adopts or refuses. The
+        inbox records the prepared event, so a replay needs no file system."""
+        body = dict(ib.event.body)
+        running = self.core.running()
+        if running is not None:
+            return ib  # the core refuses; the card on disk is not touched
         try:
-            card = self.card.rollback_to(body["version_id"], reason=body.get("reason") or "operator rollback")
+            card = await asyncio.to_thread(self.card.rollback_to, body["version_id"],
+                                           reason=body.get("reason") or "operator rollback")
             body["verified"] = {"version_id": body["version_id"], "card": card}
-        except Exception as exc:
-            raise MessageError(str(exc)) from None
-        return msgspec.structs.replace(event, body=body)
+        except Exception as exc:  # unknown, corrupt, invalid: refused with the history's reason
+            body["rollback_error"] = str(exc)
+        return msgspec.structs.replace(ib, event=msgspec.structs.replace(ib.event, body=body))
 
     # --- the transaction ---------------------------------------------------------------------------
 
@@ -273,6 +277,8 @@ class Service:
             seen.add(ib.key)
             # The state before any non-metric event is kept in case it starts a
             # cycle: replay of that cycle starts from it.
+            if isinstance(ib.event, CommandEvent) and ib.event.verb == "rollback" and "verified" not in ib.event.body:
+                ib = await self._prepare_rollback(ib)
             before = None if isinstance(ib.event, MetricStats) else _enc.encode(core.state)
             previous = core.cycle.data.cycle_id if core.cycle is not None else None
             try:

@@ -165,6 +165,8 @@ def _bounds_override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[
     except B.BoundsError as exc:
         raise _Refused(str(exc)) from None
     tuning.emit(ap, step, name, update)
+    # Its own timer name: a newer schedule of a name replaces the older one, so
+    # sharing `override.<name>` with the pin would cancel the pin's expiry.
     step.schedule(f"override.{name}", until, {"kind": "override_expiry", "token": rfc3339(until)})
     return {"parameter": name, "until": rfc3339(until), "min": float(body["min"]), "max": float(body["max"])}
 
@@ -184,12 +186,12 @@ def _canary_end(ap: "Autopilot", step: Step, body: dict[str, Any], recommendatio
 def _rollback(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
     """Infra has already verified and written the target version (``verified``);
     the core adopts it and tells VVTV."""
-    verified = body.get("verified")
-    if not verified:
-        raise _Refused(f"version {body['version_id']} could not be restored")
     running = ap.running()
     if running is not None:
         raise _Refused(f"cycle {running.data.cycle_id} is running ({running.state}); abort it first")
+    verified = body.get("verified")
+    if not verified:
+        raise _Refused(body.get("rollback_error") or f"version {body['version_id']} could not be restored")
     ap.state.card, ap.state.card_version = verified["card"], verified["version_id"]
     ap.state_dirty = True
     params = parameter_values(verified["card"], list(ap.config.parameters))
