@@ -167,7 +167,7 @@ def _bounds_override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[
     tuning.emit(ap, step, name, update)
     # Its own timer name: a newer schedule of a name replaces the older one, so
     # sharing `override.<name>` with the pin would cancel the pin's expiry.
-    step.schedule(f"override.{name}", until, {"kind": "override_expiry", "token": rfc3339(until)})
+    step.schedule(f"bounds.{name}", until, {"kind": "override_expiry", "token": rfc3339(until)})
     return {"parameter": name, "until": rfc3339(until), "min": float(body["min"]), "max": float(body["max"])}
 
 
