@@ -61,6 +61,7 @@ class CycleData(msgspec.Struct, kw_only=True):
     canary_started_at: str | None = None
     deadline: str | None = None
     extended: bool = False
+    canary_result: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
     completed_at: str | None = None
     error: str | None = None
@@ -295,15 +296,36 @@ class Cycle:
         """Canary -> Gated, then the decision's consequence."""
         d = self.data
         d.gate = {"recommendation": recommendation, "rule": rule, **explanation}
+        d.canary_result = self._canary_result(step, recommendation, explanation)
         self._fire(step, "judge", {"recommendation": recommendation, "rule": rule,
                                    "control": {k: v.summary() for k, v in d.control.items()},
                                    "canary": {k: v.summary() for k, v in d.canary.items()},
-                                   "decision": explanation})
+                                   "canary_result": d.canary_result, "decision": explanation})
         step.record_canary(self)
         if recommendation == "proceed":
             self._apply(step, "live", "live", d.candidate_card or {}, d.candidate_version or "", await_reply=True)
         else:
             self._rollback_canary(step, f"gate said {recommendation}: {explanation.get('reason', rule)}")
+
+    def _canary_result(self, step: Step, recommendation: str, explanation: dict[str, Any]) -> dict[str, Any]:
+        """The seed's CanaryResult, as stored with the cycle and in the Gated detail."""
+        d = self.data
+        if recommendation == "proceed":
+            rec: dict[str, Any] = {"Proceed": {"improvement_pct": explanation.get("improvement_pct")}}
+        elif recommendation == "rollback":
+            rec = {"Rollback": {"degradation_pct": explanation.get("degradation_pct")}}
+        else:
+            rec = {"Inconclusive": {"reason": explanation.get("reason", "")}}
+        started = parse_time(d.canary_started_at) if d.canary_started_at else step.now
+        return {
+            "canary_id": f"{d.cycle_id}-canary",
+            "control_metrics": {k: v.summary() for k, v in d.control.items()},
+            "canary_metrics": {k: v.summary() for k, v in d.canary.items()},
+            "statistical_significance": explanation.get("statistical_significance"),
+            "confidence_level": self.config.autopilot.statistical_confidence_threshold,
+            "recommendation": rec,
+            "execution_time_seconds": (step.now - started).total_seconds(),
+        }
 
     def _rollback_canary(self, step: Step, why: str) -> None:
         d = self.data

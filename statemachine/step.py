@@ -58,7 +58,8 @@ class Step:
             "cycle_id": d.cycle_id, "started_at": d.started_at, "completed_at": d.completed_at,
             "status": OUTCOME_STATUS.get(cycle.state, "running"),
             "metrics_analysis": d.analysis, "proposed_changes": d.changes,
-            "deployment_result": {"state": cycle.state, "version_id": d.candidate_version, "gate": d.gate},
+            "deployment_result": {"state": cycle.state, "version_id": d.candidate_version, "gate": d.gate,
+                                  "canary_result": d.canary_result},
             "error_message": d.error, "snapshot": msgspec.to_builtins(d),
         })
 

@@ -148,3 +148,21 @@ async def test_replay_of_a_cycle_is_exact(service_factory, vvtv, client, events)
     replayed = replay_cycle(Config.model_validate_json(config_json), before, inbounds, reply["cycle_id"])
     assert compare(recorded, replayed) == []
     assert len(replayed) == 6
+
+
+async def test_a_strongly_harmful_canary_stops_before_its_deadline(service_factory, vvtv, client, events):
+    service = await service_factory(canary_duration_minutes=2)
+    await vvtv(service)
+    reply = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.6}})
+    records = await _finished(service, events, reply["cycle_id"])
+    _assert_log(records, reply["cycle_id"], "RolledBack")
+    canary, gated = records[3], records[4]
+    assert gated.detail["rule"] == "early stop" and gated.detail["recommendation"] == "rollback"
+    assert gated.at < canary.detail["deadline"]
+    harmed = [k for k in gated.detail["decision"]["kpis"] if k["verdict"] == "harm"]
+    assert [k["kpi"] for k in harmed] == ["error_rate"]
+    result = gated.detail["canary_result"]
+    assert set(result["recommendation"]) == {"Rollback"} and result["confidence_level"] == 0.95
+    assert result["execution_time_seconds"] < 120 and result["canary_metrics"]["error_rate"]["n"] > 0
+    rows = await service.store.cycles()
+    assert rows[0]["outcome"] == "RolledBack"
