@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from conftest import ctl, wait_for
-from vvtv_autopilot.handlers.card import version_id, with_values
+from vvtv_autopilot.handlers.card import with_values
 from vvtv_autopilot.schemas.messages import parse_time
 
 P = "selection.diversity_weight"       # the one tunable parameter of the test config, bounds [0.1, 0.6]
@@ -362,9 +360,6 @@ async def test_rollback_restores_the_previous_card_and_tells_vvtv(service_factor
     assert log[0]["reason"] == "regression seen by editors"
 
 
-@pytest.mark.xfail(strict=True, reason="infra/service.py _on_ctl: the atomic rollback on disk (_verify_rollback) runs "
-                                       "before the core refuses a rollback during a running cycle; the card on disk "
-                                       "changes although the reply says ok:false")
 async def test_a_refused_rollback_leaves_the_card_on_disk_alone(service_factory, client, events):
     service = await service_factory()
     history = service.card.history
@@ -378,9 +373,6 @@ async def test_a_refused_rollback_leaves_the_card_on_disk_alone(service_factory,
     assert history.card_path.read_bytes() == card_bytes
 
 
-@pytest.mark.xfail(strict=True, reason="infra/service.py _on_ctl/_verify_rollback: a rollback refused by the history "
-                                       "(unknown or corrupt version) is raised as MessageError before the core, so it is "
-                                       "neither stored in the commands table nor published on evt.command")
 async def test_a_rollback_refused_for_an_unknown_version_is_stored(service_factory, client, events):
     service = await service_factory()
     reply = await ctl(client, "rollback", {"actor": "ops", "reason": "bad deploy", "version_id": "f" * 64})
@@ -432,9 +424,6 @@ async def test_durable_commands_publish_their_result_and_bad_ones_go_to_the_dlq(
     assert (await ctl(client, "status", {}))["counters"]["dead_letters"] == 4
 
 
-@pytest.mark.xfail(strict=True, reason="infra/service.py _decode: a durable cmd.rollback never gets the verified "
-                                       "rollback that _on_ctl does (_verify_rollback), so the core always refuses it "
-                                       "with 'could not be restored'")
 async def test_a_durable_rollback_is_carried_out(service_factory, client, events):
     service = await service_factory()
     vid = service.card.history.current_version_id()
