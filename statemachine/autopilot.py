@@ -21,7 +21,7 @@ from ..schemas.config import Config
 from ..schemas.events import (AlertEvent, ApplyResult, Boot, CommandEvent, GoldenResult, Inbound,
                               MetricStats, TimerEvent)
 from ..schemas.messages import parse_time, rfc3339
-from .commands import handle_command
+from .commands import handle_command, stop_running_cycle
 from . import tuning
 from .cycle import Cycle, CycleData
 from .step import Step
@@ -199,13 +199,16 @@ class Autopilot:
             step.count("stale_timers")
             return
         if ev.kind == "timeout":
-            if ev.token == cycle.data.timer_token:
+            if ev.token is not None and ev.token == cycle.data.timer_token:
                 limit = self.config.autopilot.max_execution_time_minutes
                 cycle.fail(step, f"timeout: active work exceeded max_execution_time_minutes={limit} in {cycle.state}")
         elif ev.kind == "check":
             cycle.evaluate(step, final=False)
         elif ev.kind == "deadline":
-            cycle.evaluate(step, final=True)
+            if ev.token is not None and ev.token == cycle.data.deadline:  # an extension moves the deadline
+                cycle.evaluate(step, final=True)
+            else:
+                step.count("stale_timers")
 
     def _reply(self, step: Step, ev: ApplyResult | GoldenResult) -> None:
         cycle = self.running()
@@ -232,6 +235,7 @@ class Autopilot:
         tuning.ensure_bounds(self, step)
         if self.config.autopilot.emergency_pause and not s.paused_forever:
             self.set_pause(None, forever=True, actor="configuration", reason="autopilot.emergency_pause is true")
+            stop_running_cycle(self, step, "emergency pause by configuration (autopilot.emergency_pause: true)")
         self.state_dirty = True
         self._arm_daily(step, keep=True)
         if s.paused_until and not s.paused_forever:
@@ -240,7 +244,7 @@ class Autopilot:
         if cycle is not None:  # re-arm the open cycle's timers (idempotent: same schedule subjects)
             d = cycle.data
             if cycle.state == "Canary" and d.deadline:
-                step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id})
+                step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id, "token": d.deadline})
                 cycle._arm_check(step)
             elif d.timer_token:
                 budget = self.config.autopilot.max_execution_time_minutes * 60.0 - d.active_seconds
@@ -294,6 +298,7 @@ class Autopilot:
                 until = rfc3339(step.now + timedelta(hours=hours))
                 self.set_pause(until, forever=False, actor="fail-safe",
                                reason=f"{s.validation_failures} consecutive golden-set validation failures")
+                s.validation_failures = 0  # the pause is the consequence; counting starts afresh after it
                 step.schedule("pause", parse_time(until), {"kind": "pause_expiry", "token": until})
                 step.publish("autopilot.evt.alert", {"kind": "paused", "at": step.at, "until": until, "actor": "fail-safe",
                                                      "message": s.pause_reason})

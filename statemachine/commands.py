@@ -50,7 +50,7 @@ def _hours_until(step: Step, hours: float) -> str:
     return rfc3339(step.now + timedelta(hours=hours))
 
 
-def _stop_running_cycle(ap: "Autopilot", step: Step, why: str) -> dict[str, Any]:
+def stop_running_cycle(ap: "Autopilot", step: Step, why: str) -> dict[str, Any]:
     """Stop the running cycle, if any; the reply names it (``cycle_id``)."""
     cycle = ap.running()
     if cycle is None:
@@ -71,7 +71,7 @@ def _pause(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
         raise _Refused("already in emergency pause; send resume first")
     ap.set_pause(until, forever=False, actor=body["actor"], reason=body.get("reason"))
     step.schedule("pause", parse_time(until), {"kind": "pause_expiry", "token": until})
-    stopped = _stop_running_cycle(ap, step, f"paused by {body['actor']}")
+    stopped = stop_running_cycle(ap, step, f"paused by {body['actor']}")
     step.publish("autopilot.evt.alert", {"kind": "paused", "at": step.at, "until": until, "actor": body["actor"],
                                          "message": body.get("reason") or "autopilot paused"})
     return {"paused_until": until, **stopped}
@@ -79,7 +79,7 @@ def _pause(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
 
 def _emergency_pause(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
     ap.set_pause(None, forever=True, actor=body["actor"], reason=body.get("reason"))
-    stopped = _stop_running_cycle(ap, step, f"emergency pause by {body['actor']}")
+    stopped = stop_running_cycle(ap, step, f"emergency pause by {body['actor']}")
     step.publish("autopilot.evt.alert", {"kind": "emergency_pause", "at": step.at, "actor": body["actor"],
                                          "message": body.get("reason") or "autopilot in emergency pause"})
     return {"paused_until": None, "emergency_pause": True, **stopped}

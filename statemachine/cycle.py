@@ -234,7 +234,7 @@ class Cycle:
             "traffic_percentage": self.config.autopilot.canary_traffic_percentage,
         })
         d.timer_token = None
-        step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id})
+        step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id, "token": d.deadline})
         self._arm_check(step)
         step.record_canary(self)
 
@@ -284,7 +284,7 @@ class Cycle:
             d.deadline = rfc3339(step.now + timedelta(seconds=window))
             self._fire(step, "extend", {"rule": "inconclusive at the deadline: one extension (autopilot.inconclusive_action)",
                                         "deadline": d.deadline, "decision": explanation})
-            step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id})
+            step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id, "token": d.deadline})
             self._arm_check(step)
             return
         recommendation = "proceed" if decision.action == "proceed" else decision.recommendation
