@@ -1,0 +1,251 @@
+"""The optimizer's proposal: exploration, or the safe GP step (described in
+:mod:`vvtv_autopilot.handlers.optimizer`), and the expected impact it reports.
+
+Private to :mod:`vvtv_autopilot.handlers.optimizer`, which re-exports :func:`propose`.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Collection, Mapping, Sequence
+
+import numpy as np
+from scipy.special import ndtr
+from scipy.stats import qmc
+
+from ..schemas.config import KpiSpec
+from ._gp import _DiffGP
+from ._optimizer_types import CycleOutcome, OptimizerSettings, Proposal
+from .bounds import ParameterBounds, effective_range
+from .changes import ChangeType, ExpectedImpact, KpiImpact, ParameterChange
+
+__all__ = ["propose"]
+
+
+def _sign(spec: KpiSpec) -> float:
+    return 1.0 if spec.direction == "increase" else -1.0
+
+
+def _objective_weights(kpis: Mapping[str, KpiSpec]) -> dict[str, float]:
+    weights = {k: s.weight for k, s in kpis.items() if not s.critical and s.weight > 0}
+    if not weights:
+        weights = {k: s.weight for k, s in kpis.items() if s.weight > 0}
+    if not weights:
+        weights = {k: 1.0 for k in kpis}
+    return weights
+
+
+def _quantize(value: float, lo: float, hi: float, span: float) -> float:
+    q = 10.0 ** math.floor(math.log10(span * 1e-5))
+    v = round(round(value / q) * q, 12)
+    return float(min(max(v, lo), hi))
+
+
+def _baseline(analysis: Mapping[str, Mapping[str, float]], kpi: str) -> float | None:
+    entry = analysis.get(kpi) if analysis else None
+    if not entry or not entry.get("n"):
+        return None
+    mean = entry.get("mean")
+    return float(mean) if mean is not None and math.isfinite(mean) else None
+
+
+def _impact(kpis: Mapping[str, KpiSpec], analysis, means: Mapping[str, float], sds: Mapping[str, float],
+            beta: float, model: str) -> ExpectedImpact:
+    weights = _objective_weights(kpis)
+    out: dict[str, KpiImpact] = {}
+    for name, spec in kpis.items():
+        m, sd = float(means.get(name, 0.0)), float(sds.get(name, 0.0))
+        base = _baseline(analysis, name)
+        out[name] = KpiImpact(delta=m, uncertainty=sd, direction=spec.direction, critical=spec.critical,
+                              lower=_sign(spec) * m - beta * sd, baseline=base,
+                              absolute_delta=None if base is None else m * abs(base))
+    obj = sum(w * _sign(kpis[k]) * float(means.get(k, 0.0)) for k, w in weights.items())
+    obj_sd = math.sqrt(sum((w * float(sds.get(k, 0.0))) ** 2 for k, w in weights.items()))
+    conf = float(ndtr(obj / obj_sd)) if obj_sd > 0 else (0.5 if obj == 0 else float(obj > 0))
+    return ExpectedImpact(kpis=out, overall_confidence=conf, objective_delta=obj,
+                          objective_uncertainty=obj_sd, model=model)
+
+
+def propose(
+    *,
+    analysis: Mapping[str, Mapping[str, float]],
+    history: Sequence[CycleOutcome],
+    bounds: Mapping[str, ParameterBounds],
+    kpis: Mapping[str, KpiSpec],
+    seed: int,
+    pinned: Collection[str] = (),
+    current: Mapping[str, float] | None = None,
+    reference: Mapping[str, float] | None = None,
+    at: datetime | None = None,
+    settings: OptimizerSettings = OptimizerSettings(),
+) -> Proposal:
+    """Propose the next change. ``bounds`` names the tunable parameters (their effective range
+    at ``at`` is respected, hard limits normalize the inputs); ``current`` defaults to each
+    bound's ``current_value``; ``reference`` (optional) is a second point the guardrails must
+    stay non-inferior to (e.g. the last known-good card), besides the current point."""
+    rng = np.random.default_rng(seed)
+    names = sorted(bounds)
+    cur = {n: float((current or {}).get(n, bounds[n].current_value)) for n in names}
+    ranges = {n: effective_range(bounds[n], at) for n in names}
+    free = [n for n in names if n not in set(pinned) and ranges[n][1] - ranges[n][0] > 0]
+    if not free:
+        return Proposal([], cur, None, "none", "no free parameter (all pinned or with an empty range)", seed)
+    usable = [h for h in history if any(k in kpis for k in h.lifts)][-settings.max_history:]
+    critical = [k for k, s in kpis.items() if s.critical]
+    observed = {k: sum(1 for h in usable if k in h.lifts) for k in kpis}
+    if len(usable) < settings.min_history or any(observed[k] == 0 for k in critical):
+        return _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, reference, settings)
+    return _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ranges, reference, settings)
+
+
+def _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, reference, s: OptimizerSettings) -> Proposal:
+    name = free[len(usable) % len(free)]
+    lo, hi = ranges[name]
+    x = min(max(cur[name], lo), hi)
+    step = s.explore_step_fraction * (hi - lo)
+    direction = 1.0 if rng.random() < 0.5 else -1.0
+    # learn from the last outcome that moved this parameter: go the other way after a loss
+    weights = _objective_weights(kpis)
+    for h in reversed(usable):
+        moved = h.parameters.get(name, h.baseline.get(name)) - h.baseline.get(name, cur[name])
+        if abs(moved) > 0:
+            gain = sum(w * _sign(kpis[k]) * h.lifts[k] for k, w in weights.items() if k in h.lifts)
+            direction = math.copysign(1.0, moved) * (1.0 if gain > 0 and h.outcome == "deployed" else -1.0)
+            break
+    # never drift more than one step from the reference (or start of the history) per coordinate
+    anchor = (reference or {}).get(name)
+    if anchor is None and usable:
+        anchor = usable[0].baseline.get(name)
+    if anchor is not None and abs(x + direction * step - anchor) > step * (1 + 1e-9):
+        direction = -direction
+    room = {1.0: hi - x, -1.0: x - lo}
+    if room[direction] < step:
+        direction = -direction if room[-direction] >= step else max(room, key=lambda d: room[d])
+        step = min(step, 0.5 * room[direction])
+    span = bounds[name].hard_max - bounds[name].hard_min
+    new = _quantize(x + direction * step, lo, hi, span)
+    point = dict(cur)
+    point[name] = new
+    if abs(new - cur[name]) < s.min_step_fraction * span:
+        return Proposal([], cur, None, "none", f"exploration step on {name} is too small (range {lo:.6g}..{hi:.6g})", seed)
+    sds = {}
+    for k in kpis:
+        vals = [h.lifts[k] for h in usable if k in h.lifts]
+        sds[k] = float(np.sqrt(np.mean(np.square(vals)))) if vals else s.default_noise_sd
+        sds[k] = max(sds[k], s.default_noise_sd)
+    impact = _impact(kpis, analysis, {}, sds, s.beta, "exploration")
+    change = ParameterChange(name, cur[name], new, ChangeType.EXPLORATION, 0.5, impact)
+    return Proposal([change], point, impact, "exploration",
+                    f"exploration ({len(usable)} of {s.min_history} outcomes needed for the model): "
+                    f"{name} {cur[name]:.6g} -> {new:.6g} ({'+' if direction > 0 else '-'}{step:.6g})",
+                    seed, 1, 1)
+
+
+def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ranges, reference,
+                 s: OptimizerSettings) -> Proposal:
+    lo_h = np.array([bounds[n].hard_min for n in names])
+    span = np.array([bounds[n].hard_max - bounds[n].hard_min for n in names])
+
+    def norm(values: Mapping[str, float], fallback: Mapping[str, float]) -> np.ndarray:
+        return (np.array([float(values.get(n, fallback[n])) for n in names]) - lo_h) / span
+
+    c = norm(cur, cur)
+    ref = norm(reference, cur) if reference else None
+    gps: dict[str, _DiffGP] = {}
+    for k in kpis:
+        obs = [h for h in usable if k in h.lifts and math.isfinite(h.lifts[k])]
+        if not obs:
+            continue
+        a = np.array([norm(h.parameters, {**cur, **h.baseline}) for h in obs])
+        b = np.array([norm(h.baseline, cur) for h in obs])
+        y = np.array([float(h.lifts[k]) for h in obs])
+        have_se = all(k in h.lift_se and h.lift_se[k] > 0 for h in obs)
+        nv = np.array([float(h.lift_se[k]) ** 2 for h in obs]) if have_se else None
+        spec = kpis[k]
+        # a guardrail's prior: it may move by its margin within a short length-scale (SafeOpt's
+        # regularity assumption), so a flat history never makes far jumps look safe
+        gps[k] = _DiffGP(a, b, y, nv, s, min_scale=spec.margin if spec.critical else 0.0,
+                         max_lengthscale=s.guardrail_max_lengthscale if spec.critical else math.inf)
+
+    # candidates: global Sobol over the effective box, and local Sobol around the current point
+    free_idx = [names.index(n) for n in free]
+    box_lo = np.array([(ranges[n][0] - bounds[n].hard_min) / (bounds[n].hard_max - bounds[n].hard_min) for n in free])
+    box_hi = np.array([(ranges[n][1] - bounds[n].hard_min) / (bounds[n].hard_max - bounds[n].hard_min) for n in free])
+    m = max(1, int(round(math.log2(max(2, s.n_candidates)))))
+    half = s.local_fraction * (box_hi - box_lo)
+    cf = c[free_idx]
+    llo, lhi = np.maximum(cf - half, box_lo), np.minimum(cf + half, box_hi)
+    loc = llo + qmc.Sobol(len(free), scramble=True, seed=rng).random_base2(m) * (lhi - llo)
+    X = np.repeat(c[None, :], 1 << m, axis=0)
+    X[:, free_idx] = loc
+    # quantize in parameter units, then back to normalized
+    for j, n in zip(free_idx, free):
+        lo, hi = ranges[n]
+        X[:, j] = [(_quantize(lo_h[j] + v * span[j], lo, hi, span[j]) - lo_h[j]) / span[j] for v in X[:, j]]
+    moved = np.abs(X - c[None, :]).max(1) >= s.min_step_fraction
+    X = X[moved]
+    if len(X) == 0:
+        return Proposal([], cur, None, "none", "no candidate differs from the current point", seed)
+
+    means, sds = {}, {}
+    safe = np.ones(len(X), dtype=bool)
+    for k, spec in kpis.items():
+        if k not in gps:
+            means[k], sds[k] = np.zeros(len(X)), np.full(len(X), np.inf)
+            continue
+        mu, sd = gps[k].diff(X, c)
+        means[k], sds[k] = mu, sd
+        if spec.critical:
+            sg = _sign(spec)
+            allowed = -spec.margin * (1.0 - s.guardrail_buffer)
+            safe &= sg * mu - s.beta * sd >= allowed
+            if ref is not None:
+                mr, sr = gps[k].diff(X, ref)
+                safe &= sg * mr - s.beta * sr >= allowed
+    weights = _objective_weights(kpis)
+    obj = sum(w * _sign(kpis[k]) * means[k] for k, w in weights.items() if k in gps)
+    obj_sd = np.sqrt(sum((w * sds[k]) ** 2 for k, w in weights.items() if k in gps))
+    n_safe = int(safe.sum())
+    if n_safe == 0:
+        return Proposal([], cur, None, "none",
+                        f"no safe candidate: every one of {len(X)} candidates has a guardrail lower bound below its margin",
+                        seed, len(X), 0)
+    # is the current point itself outside the safe set (against the reference)? then correct
+    correcting = False
+    if ref is not None:
+        for k, spec in kpis.items():
+            if spec.critical and k in gps:
+                mr, sr = gps[k].diff(c[None, :], ref)
+                if _sign(spec) * mr[0] < -spec.margin:
+                    correcting = True
+    if correcting:
+        ucb = np.where(safe, obj, -np.inf)
+    else:
+        ucb = np.where(safe, obj + s.kappa * obj_sd, -np.inf)
+    i = int(np.argmax(ucb))
+    if not correcting and not ucb[i] > s.min_expected_gain:
+        return Proposal([], cur, None, "none",
+                        f"no safe candidate is expected to improve the objective (best bound {ucb[i]:.4g})",
+                        seed, len(X), n_safe)
+    impact = _impact(kpis, analysis, {k: float(means[k][i]) for k in gps}, {k: float(sds[k][i]) for k in gps},
+                     s.beta, "gp")
+    conf = impact.overall_confidence
+    if correcting:
+        ctype = ChangeType.CORRECTION
+    elif impact.objective_delta > 0 and conf >= s.optimization_confidence:
+        ctype = ChangeType.OPTIMIZATION
+    else:
+        ctype = ChangeType.EXPLORATION
+    point = dict(cur)
+    changes = []
+    for j, n in zip(free_idx, free):
+        value = float(lo_h[j] + X[i, j] * span[j])
+        value = _quantize(value, ranges[n][0], ranges[n][1], span[j])
+        if abs(value - cur[n]) >= s.min_step_fraction * span[j]:
+            point[n] = value
+            changes.append(ParameterChange(n, cur[n], value, ctype, conf, impact))
+    return Proposal(changes, point, impact, "gp",
+                    f"gp over {len(usable)} outcomes: {n_safe} of {len(X)} candidates safe; best objective "
+                    f"{impact.objective_delta:+.4g} ± {impact.objective_uncertainty:.3g} (P>0 = {conf:.2f})",
+                    seed, len(X), n_safe)
