@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--limit", type=int, default=20)
     h.add_argument("--versions", action="store_true", help="list stored business-logic versions instead")
     sub.add_parser("bounds", parents=[common], help="sliding ranges, stable days, rollback counts, last adjustments")
+    t = sub.add_parser("triage", parents=[common], help="incident triage reports and drift events from the store")
+    t.add_argument("--limit", type=int, default=3)
+    t.add_argument("--run", action="store_true", help="ask the service to run a triage now (ctl.triage)")
+    t.add_argument("--actor", default=os.environ.get("USER") or "cli")
     r = sub.add_parser("replay", parents=[common], help="replay a cycle from its recorded events and compare")
     r.add_argument("cycle_id")
     return p
@@ -146,7 +150,12 @@ async def _main(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return await run_demo(config, cycles=args.cycles, as_json=args.json)
-    if args.command in ("history", "replay", "bounds"):
+    if args.command == "triage" and args.run:
+        reply = await _request(config, "triage", {"actor": args.actor}, args.timeout)
+        _print(args, reply, f"report {reply.get('report_id')}: {reply.get('failure_counts')}, "
+                            f"{reply.get('patch_suggestions')} patch suggestion(s)" if reply.get("ok") else f"refused: {reply.get('error')}")
+        return EXIT_OK if reply.get("ok") else EXIT_REFUSED
+    if args.command in ("history", "replay", "bounds", "triage"):
         from . import review
 
         return await getattr(review, args.command)(config, args)

@@ -66,6 +66,32 @@ async def bounds(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def triage(config: Config, args: argparse.Namespace) -> int:
+    store = await Store.open(_store_path(config))
+    try:
+        reports = await store.triage_reports(args.limit)
+        drift = await store.drift_events(20)
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps({"reports": reports, "drift_events": drift}, indent=2))
+        return 0
+    if not reports:
+        print("no triage report yet (the weekly one runs at incident_triage.weekly_schedule_utc; --run asks for one now)")
+    for r in reports:
+        print(f"{r['report_id']}  {r['analysis_period'][0]} .. {r['analysis_period'][1]}")
+        for category, items in sorted(r["failure_categories"].items()):
+            print(f"    {category:<24} {len(items)}")
+        for p in r["patch_suggestions"]:
+            print(f"    suggest {p['parameter']} in [{p['suggested_bounds'][0]:.4g}, {p['suggested_bounds'][1]:.4g}]"
+                  f" ({p['category']}, confidence {p['confidence']:.2f}): {p['rationale']}")
+    if drift:
+        print("drift events:")
+        for e in drift:
+            print(f"    {e['detected_at']}  {e['event_type']:<20} {e['action_taken']}")
+    return 0
+
+
 async def replay(config: Config, args: argparse.Namespace) -> int:
     store = await Store.open(_store_path(config))
     try:

@@ -192,6 +192,7 @@ class Store:
         inbox, transitions, outbox, cycles, canaries, commands, replies = [], [], [], {}, {}, [], []
         counters: dict[str, int] = {}
         bounds: dict[str, Any] = {}
+        drift, triage = [], []
         for step in steps:
             ib = step.inbound
             inbox.append((ib.key, ib.subject, ib.at, ib.stream_seq, _enc.encode(ib.event).decode()))
@@ -207,6 +208,11 @@ class Store:
                 c = step.command
                 commands.append((c["at"], c["verb"], c["via"], c["actor"], c["reason"], _json(c["body"]), int(c["ok"]), c["error"]))
             bounds.update(step.bounds_rows)
+            drift += [(e.event_id, e.event_type, e.detected_at, _json(e.metrics), _json(e.actions or [e.action_taken]),
+                       e.resolved_at) for e in step.drift_rows]
+            triage += [(r.report_id, r.generated_at, r.analysis_period[0], r.analysis_period[1],
+                        _json(r.failure_categories), _json(r.patch_suggestions), _json(r.github_issues))
+                       for r in step.triage_rows]
             for name, n in step.counters.items():
                 counters[name] = counters.get(name, 0) + n
             effect_id = getattr(ib.event, "effect_id", None)
@@ -244,6 +250,8 @@ class Store:
                 "last_updated=excluded.last_updated, bounds_history=excluded.bounds_history",
                 [(b.parameter_name, b.min_value, b.max_value, b.current_value, b.stability_days, b.rollback_count,
                   b.last_updated, _json(b.history)) for b in bounds.values()])
+            await db.executemany("INSERT OR REPLACE INTO drift_events VALUES (?,?,?,?,?,?)", drift)
+            await db.executemany("INSERT OR REPLACE INTO triage_reports VALUES (?,?,?,?,?,?,?)", triage)
             for start in cycle_starts:
                 await db.execute(
                     "INSERT INTO cycle_snapshots(cycle_id, snapshot, start_inbox_key, state_before, config) VALUES (?,?,?,?,?)",
@@ -324,6 +332,21 @@ class Store:
         return [{"parameter_name": r[0], "min_value": r[1], "max_value": r[2], "current_value": r[3],
                  "stability_days": r[4], "rollback_count": r[5], "last_updated": r[6],
                  "bounds_history": json.loads(r[7]) if r[7] else []} for r in rows]
+
+    async def triage_reports(self, limit: int = 5) -> list[dict[str, Any]]:
+        rows = await (await self._db.execute(
+            "SELECT report_id, generated_at, analysis_period_start, analysis_period_end, failure_categories, "
+            "patch_suggestions, github_issues FROM triage_reports ORDER BY generated_at DESC LIMIT ?", (limit,))).fetchall()
+        return [{"report_id": r[0], "generated_at": r[1], "analysis_period": [r[2], r[3]],
+                 "failure_categories": json.loads(r[4] or "{}"), "patch_suggestions": json.loads(r[5] or "[]"),
+                 "github_issues": json.loads(r[6] or "[]")} for r in rows]
+
+    async def drift_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = await (await self._db.execute(
+            "SELECT event_id, event_type, detected_at, metrics, action_taken, resolved_at FROM drift_events "
+            "ORDER BY detected_at DESC LIMIT ?", (limit,))).fetchall()
+        return [{"event_id": r[0], "event_type": r[1], "detected_at": r[2], "metrics": json.loads(r[3] or "{}"),
+                 "action_taken": json.loads(r[4]), "resolved_at": r[5]} for r in rows]
 
     async def counters(self) -> dict[str, int]:
         rows = await (await self._db.execute("SELECT name, value FROM counters")).fetchall()

@@ -42,7 +42,7 @@ class CommandEvent(msgspec.Struct, frozen=True, tag="command"):
     via: Literal["ctl", "cmd"] = "ctl"
 
 
-TimerKind = Literal["daily", "check", "deadline", "timeout", "pause_expiry", "override_expiry"]
+TimerKind = Literal["daily", "check", "deadline", "timeout", "pause_expiry", "override_expiry", "triage"]
 
 
 class TimerEvent(msgspec.Struct, frozen=True, tag="timer"):

@@ -134,6 +134,10 @@ class ProposeCmd(_Command, frozen=True, kw_only=True):
                 raise ValueError(f"`changes.{name}` must be a finite number")
 
 
+class TriageCmd(_Command, frozen=True, kw_only=True):
+    """Extension: run the incident triage now (it also runs weekly)."""
+
+
 class PromoteCmd(_Command, frozen=True, kw_only=True):
     pass
 
@@ -155,6 +159,7 @@ COMMANDS: dict[str, type[msgspec.Struct]] = {
     "propose": ProposeCmd,
     "promote": PromoteCmd,
     "abort": AbortCmd,
+    "triage": TriageCmd,
 }
 
 

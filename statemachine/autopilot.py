@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from ..handlers.bounds import ParameterBounds
+from ..handlers.drift import CycleSummary, DriftEvent, DriftState
 from ..handlers.golden import GoldenSet
 from ..handlers.optimizer import CycleOutcome
 from ..handlers.stats import RunningStats
@@ -22,7 +23,7 @@ from ..schemas.events import (AlertEvent, ApplyResult, Boot, CommandEvent, Golde
                               MetricStats, TimerEvent)
 from ..schemas.messages import parse_time, rfc3339
 from .commands import handle_command, stop_running_cycle
-from . import tuning
+from . import guards, tuning
 from .cycle import Cycle, CycleData
 from .step import Step
 
@@ -43,6 +44,12 @@ class AutopilotState(msgspec.Struct, kw_only=True):
     bounds: dict[str, ParameterBounds] = {}
     outcomes: list[CycleOutcome] = []                # what past canaries measured (optimizer input)
     validation_failures: int = 0                     # consecutive golden-set failures
+    summaries: list[CycleSummary] = []               # ended cycles, for the drift monitor and triage
+    drift: DriftState = DriftState()
+    drift_events: list[DriftEvent] = []
+    critical_alerts: list[str] = []                  # fired_at of recent critical alerts
+    next_triage: str | None = None
+    triage_counter: int = 0
 
 
 def next_daily_at(now: datetime, hhmm: str) -> datetime:
@@ -167,6 +174,8 @@ class Autopilot:
                 "reason": f"critical alert {ev.alert_id} from {ev.source}: {ev.message[:200]}",
                 "alert_id": ev.alert_id, "kpi": ev.kpi,
             }, rule="critical alert")
+        if ev.severity == "critical":
+            guards.on_critical_alert(self, step, ev.fired_at)
 
     def _timer(self, step: Step, ev: TimerEvent) -> None:
         s = self.state
@@ -178,6 +187,9 @@ class Autopilot:
             tuning.daily(self, step)
             if self.config.autopilot.enabled and not self.paused(step.now) and self.running() is None:
                 self.start_cycle(step, origin="daily", actor="scheduler", proposal=None)
+            return
+        if ev.kind == "triage":
+            guards.on_weekly_timer(self, step, ev.token)
             return
         if ev.kind == "pause_expiry":
             if s.paused_until is not None and ev.token == s.paused_until and not s.paused_forever:
@@ -238,6 +250,7 @@ class Autopilot:
             stop_running_cycle(self, step, "emergency pause by configuration (autopilot.emergency_pause: true)")
         self.state_dirty = True
         self._arm_daily(step, keep=True)
+        guards.arm_weekly(self, step, keep=True)
         if s.paused_until and not s.paused_forever:
             step.schedule("pause", parse_time(s.paused_until), {"kind": "pause_expiry", "token": s.paused_until})
         cycle = self.running()
@@ -304,5 +317,6 @@ class Autopilot:
                                                      "message": s.pause_reason})
         elif cycle.state in ("Deployed", "RolledBack", "NoChange"):
             s.validation_failures = 0
+        guards.after_cycle(self, step, cycle)
         s.last_cycle = {"cycle_id": d.cycle_id, "outcome": cycle.state, "completed_at": d.completed_at, "error": d.error}
         self.state_dirty = True

@@ -202,6 +202,14 @@ def _rollback(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, An
     return {"version_id": verified["version_id"]}
 
 
+def _triage(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:
+    from .guards import triage
+
+    report = triage(ap, step, reason=f"requested by {body['actor']}")
+    return {"report_id": report.report_id, "failure_counts": report.failure_counts,
+            "patch_suggestions": len(report.patch_suggestions)}
+
+
 _VERBS = {
     "pause": _pause,
     "emergency-pause": _emergency_pause,
@@ -214,4 +222,5 @@ _VERBS = {
     "promote": lambda ap, step, body: _canary_end(ap, step, body, "proceed"),
     "abort": lambda ap, step, body: _canary_end(ap, step, body, "rollback"),
     "rollback": _rollback,
+    "triage": lambda ap, step, body: _triage(ap, step, body),
 }

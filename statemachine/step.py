@@ -35,6 +35,8 @@ class Step:
         self.command: dict[str, Any] | None = None   # the command row to store, if any
         self.counters: dict[str, int] = {}
         self.bounds_rows: dict[str, Any] = {}      # parameter -> ParameterBounds to store
+        self.drift_rows: list[Any] = []             # DriftEvents to store
+        self.triage_rows: list[Any] = []            # TriageReports to store
         self._n = 0
 
     def next_id(self, purpose: str) -> str:
