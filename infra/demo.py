@@ -111,15 +111,17 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
                          "path": " > ".join(paths.get(cycle_id, [])),
                          "change": proposed.get(cycle_id, "-"), "seconds": round(time.monotonic() - t0, 1),
                          "why": _why(service, cycle_id, detail)})
+        triage = await _request(service, "triage", {"actor": "demo", "reason": "end of the demo"})
     finally:
         await sim.stop()
+        drift = await service.store.drift_events(10)
         counters = await service.store.counters()
         card = service.card.history.current_card()
         await service.stop()
         if tmp is not None:
             tmp.cleanup()
     result = {"cycles": rows, "card": card, "counters": counters, "seconds": round(time.monotonic() - started, 1),
-              "metric_batches_published": sim.published}
+              "metric_batches_published": sim.published, "drift_events": drift, "triage": triage}
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -129,6 +131,11 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
                   f"{r.get('why') or ''}")
             if r.get("path"):
                 print(f"{'':<4}{'':<27}{r['path']}")
+        for e in drift:
+            print(f"drift monitor: {e['event_type']} -> {e['action_taken']}")
+        if triage.get("ok"):
+            print(f"triage {triage['report_id']}: {json.dumps(triage['failure_counts'], sort_keys=True)}, "
+                  f"{triage['patch_suggestions']} patch suggestion(s)")
         print(f"\nfinal card: {json.dumps(card, sort_keys=True)}")
         print(f"metric batches published: {sim.published}; store counters: {json.dumps(counters, sort_keys=True)}")
         print(f"demo took {result['seconds']} s")
