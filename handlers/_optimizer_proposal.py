@@ -173,7 +173,8 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
     box_lo = np.array([(ranges[n][0] - bounds[n].hard_min) / (bounds[n].hard_max - bounds[n].hard_min) for n in free])
     box_hi = np.array([(ranges[n][1] - bounds[n].hard_min) / (bounds[n].hard_max - bounds[n].hard_min) for n in free])
     m = max(1, int(round(math.log2(max(2, s.n_candidates)))))
-    half = s.local_fraction * (box_hi - box_lo)
+    # (never so small that no candidate could be a change)
+    half = np.maximum(_trust_region(usable, kpis, s) * (box_hi - box_lo), 2.0 * s.min_step_fraction)
     cf = c[free_idx]
     llo, lhi = np.maximum(cf - half, box_lo), np.minimum(cf + half, box_hi)
     loc = llo + qmc.Sobol(len(free), scramble=True, seed=rng).random_base2(m) * (lhi - llo)
@@ -224,15 +225,22 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
     else:
         ucb = np.where(safe, obj + s.kappa * obj_sd, -np.inf)
     i = int(np.argmax(ucb))
+    expanding = False
     if not correcting and not ucb[i] > s.min_expected_gain:
-        return Proposal([], cur, None, "none",
-                        f"no safe candidate is expected to improve the objective (best bound {ucb[i]:.4g})",
-                        seed, len(X), n_safe)
+        j = _expander(X, c, safe, obj_sd, {k: sds[k] for k, sp in kpis.items() if sp.critical and k in gps},
+                      kpis, s) if s.expander else None
+        if j is None:
+            return Proposal([], cur, None, "none",
+                            f"no safe candidate is expected to improve the objective (best bound {ucb[i]:.4g})",
+                            seed, len(X), n_safe)
+        best_bound, i, expanding = float(ucb[i]), j, True
     impact = _impact(kpis, analysis, {k: float(means[k][i]) for k in gps}, {k: float(sds[k][i]) for k in gps},
                      s.beta, "gp")
     conf = impact.overall_confidence
     if correcting:
         ctype = ChangeType.CORRECTION
+    elif expanding:
+        ctype = ChangeType.EXPLORATION
     elif impact.objective_delta > 0 and conf >= s.optimization_confidence:
         ctype = ChangeType.OPTIMIZATION
     else:
@@ -245,7 +253,45 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
         if abs(value - cur[n]) >= s.min_step_fraction * span[j]:
             point[n] = value
             changes.append(ParameterChange(n, cur[n], value, ctype, conf, impact))
+    what = (f"safe-set expander (no safe candidate improves, best bound {best_bound:.4g}): most uncertain "
+            f"safe point" if expanding else "best objective")
     return Proposal(changes, point, impact, "gp",
-                    f"gp over {len(usable)} outcomes: {n_safe} of {len(X)} candidates safe; best objective "
+                    f"gp over {len(usable)} outcomes: {n_safe} of {len(X)} candidates safe; {what} "
                     f"{impact.objective_delta:+.4g} ± {impact.objective_uncertainty:.3g} (P>0 = {conf:.2f})",
                     seed, len(X), n_safe)
+
+
+def _expander(X, c, safe, obj_sd, guard_sds, kpis, s: OptimizerSettings) -> int | None:
+    """SafeOpt's expander step, when no safe candidate improves the objective's upper bound: the
+    safe candidate whose outcome is least known (objective sd plus each guardrail's sd over its
+    margin), i.e. the one near the edge of the safe set whose measurement teaches the most."""
+    if not safe.any():
+        return None
+    width = obj_sd / max(float(obj_sd[safe].max()), 1e-12)
+    for k, sd in guard_sds.items():
+        width = width + sd / max(kpis[k].margin, 1e-12)
+    width = np.where(safe, width, -np.inf)
+    j = int(np.argmax(width))
+    return j if math.isfinite(width[j]) and width[j] > 0 else None
+
+
+def _trust_region(usable, kpis, s: OptimizerSettings) -> float:
+    """TuRBO's trust region, replayed from the history (so it stays a pure function of it): the
+    half-width starts at ``local_fraction``, doubles after ``tr_success_tolerance`` deployed gains
+    in a row, halves after ``tr_failure_tolerance`` rollbacks or losses in a row, and restarts at
+    ``local_fraction`` when it would fall below ``tr_min_fraction``."""
+    weights = _objective_weights(kpis)
+    length, wins, losses = s.local_fraction, 0, 0
+    for h in usable[s.min_history:]:
+        gain = sum(w * _sign(kpis[k]) * h.lifts[k] for k, w in weights.items() if k in h.lifts)
+        if h.outcome == "deployed" and gain > 0:
+            wins, losses = wins + 1, 0
+        else:
+            wins, losses = 0, losses + 1
+        if wins >= s.tr_success_tolerance:
+            length, wins = min(2.0 * length, s.tr_max_fraction), 0
+        elif losses >= s.tr_failure_tolerance:
+            length, losses = length / 2.0, 0
+            if length < s.tr_min_fraction:
+                length = s.local_fraction
+    return length

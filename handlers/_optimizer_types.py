@@ -31,6 +31,10 @@ class OptimizerSettings(msgspec.Struct, frozen=True):
     explore_step_fraction: float = 0.1    # exploration step, as a fraction of the effective range
     n_candidates: int = 256               # Sobol points in the trust region (a power of 2)
     local_fraction: float = 0.35          # trust region half-width, fraction of the effective range
+    tr_min_fraction: float = 0.05         # trust region restarts when it would shrink below this
+    tr_max_fraction: float = 0.7          # ... and never grows beyond this
+    tr_success_tolerance: int = 2         # deployed gains in a row that double it
+    tr_failure_tolerance: int = 3         # rollbacks/losses in a row that halve it
     guardrail_max_lengthscale: float = 0.2  # longest length-scale a guardrail GP may fit (normalized units)
     beta: float = 2.0                     # guardrail LCB width (standard deviations)
     guardrail_buffer: float = 0.2         # fraction of each guardrail's margin the optimizer keeps in reserve
@@ -40,6 +44,7 @@ class OptimizerSettings(msgspec.Struct, frozen=True):
     default_noise_sd: float = 0.01        # lift noise when an outcome carries no standard error
     lengthscales: tuple[float, ...] = (0.1, 0.2, 0.35, 0.6, 1.0)
     min_step_fraction: float = 1e-3       # smaller moves (of the hard span) are not changes
+    expander: bool = True                 # nothing safe improves: try the most uncertain safe point (SafeOpt)
 
 
 class Proposal(msgspec.Struct, frozen=True):

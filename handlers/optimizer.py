@@ -24,8 +24,15 @@ Two modes:
   the good direction is ``>= -margin`` against the current point and against
   ``reference`` (when given). Among safe candidates the one with the highest
   upper confidence bound (mean + ``kappa`` sd) of the weighted objective wins;
-  if none is safe, or the best one's bound does not exceed
-  ``min_expected_gain``, there is no change.
+  if none is safe there is no change. When no safe candidate's bound exceeds
+  ``min_expected_gain``, SafeOpt's *expander* step proposes the safe candidate
+  whose outcome is least known (objective sd plus each guardrail's sd over its
+  margin), so the safe set keeps growing instead of stalling
+  (``expander=False``: no change). The local box is a TuRBO trust region
+  replayed from the history: it doubles after ``tr_success_tolerance``
+  deployed gains in a row, halves after ``tr_failure_tolerance`` rollbacks or
+  losses in a row, and restarts at ``local_fraction`` below
+  ``tr_min_fraction``.
 
 The objective is the sum over non-critical KPIs of ``weight * sign * lift``
 (sign +1 for ``increase``, -1 for ``decrease``); when every KPI is critical,
