@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+import msgspec
+
+from ..handlers.golden import GoldenSet
 from ..schemas.config import Config
 from ..statemachine.replay import compare, replay_cycle
 from .history import ParameterHistory
@@ -99,12 +102,13 @@ async def replay(config: Config, args: argparse.Namespace) -> int:
         if start is None:
             print(f"no cycle {args.cycle_id} in the store")
             return 1
-        key, state_before, config_json = start
-        inbounds = await store.inbox_from(key)
+        inbounds = await store.inbox_from(start.inbox_key)
         recorded = await store.transitions(args.cycle_id)
     finally:
         await store.close()
-    replayed = replay_cycle(Config.model_validate_json(config_json), state_before, inbounds, args.cycle_id)
+    golden = None if start.golden is None else msgspec.json.decode(start.golden, type=GoldenSet)
+    replayed = replay_cycle(Config.model_validate_json(start.config), start.state_before, inbounds, args.cycle_id,
+                            golden=golden)
     problems = compare(recorded, replayed)
     result = {"cycle_id": args.cycle_id, "recorded": len(recorded), "replayed": len(replayed),
               "exact": not problems, "differences": problems,

@@ -75,6 +75,7 @@ class Service:
         self.telemetry = Telemetry(config.telemetry)
         self.core: Autopilot | None = None
         self.golden_set = load_golden_set(config)
+        self._golden_json = None if self.golden_set is None else _enc.encode(self.golden_set).decode()
         self.store: Store | None = None
         self.nc = None
         self.js = None
@@ -82,6 +83,7 @@ class Service:
         self._lock = asyncio.Lock()
         self._relay_wake = asyncio.Event()
         self._inflight: set[str] = set()
+        self._requests: set[asyncio.Task] = set()   # apply/golden requests awaiting VVTV
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.listeners: list[Callable[[Step], Awaitable[None] | None]] = []
@@ -115,12 +117,20 @@ class Service:
 
     async def stop(self) -> None:
         self._stopping.set()
-        for task in self._tasks:
+        tasks = self._tasks + list(self._requests)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded waits: a stop must never hang on a task or a connection that
+        # does not answer (a test suite's teardown, a SIGTERM'd service).
+        _, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
+        for task in pending:
+            log.warning("task %s did not stop within 10 s", task.get_name())
         self._tasks = []
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.close()
+            try:
+                await asyncio.wait_for(self.nc.close(), timeout=10)
+            except (asyncio.TimeoutError, Exception) as exc:
+                log.warning("closing the NATS connection: %r", exc)
         if self.store is not None:
             await self.store.close()
         if self.embedded is not None:
@@ -275,10 +285,10 @@ class Service:
                 duplicates += 1
                 continue
             seen.add(ib.key)
-            # The state before any non-metric event is kept in case it starts a
-            # cycle: replay of that cycle starts from it.
             if isinstance(ib.event, CommandEvent) and ib.event.verb == "rollback" and "verified" not in ib.event.body:
                 ib = await self._prepare_rollback(ib)
+            # The state before any non-metric event is kept in case it starts a
+            # cycle: replay of that cycle starts from it.
             before = None if isinstance(ib.event, MetricStats) else _enc.encode(core.state)
             previous = core.cycle.data.cycle_id if core.cycle is not None else None
             try:
@@ -288,12 +298,12 @@ class Service:
                 raise _CoreFailure() from exc
             current = core.cycle.data.cycle_id if core.cycle is not None else None
             if current is not None and current != previous and before is not None:
-                starts.append(CycleStart(current, ib.key, before, self.config.model_dump_json()))
+                starts.append(CycleStart(current, ib.key, before, self.config.model_dump_json(), self._golden_json))
             for row in step.cycle_rows:
                 snapshots[row["cycle_id"]] = _enc.encode(row["snapshot"])
             steps.append(step)
         if steps or core.state_dirty:
-            state = _enc.encode(core.state) if (steps or core.state_dirty) else None
+            state = _enc.encode(core.state)
             core.state_dirty = False
             await self.store.commit(steps, state=state, active_cycle_id=core.state.active_cycle_id,
                                     cycle_snapshots=snapshots, cycle_starts=starts)
@@ -338,12 +348,14 @@ class Service:
                 done.append(effect.effect_id)
             elif effect.kind == "write_card":
                 b = effect.body
-                self.card.deploy(b["card"], b["version_id"], changes=b.get("changes") or [], rationale=b.get("rationale", ""))
+                await asyncio.to_thread(self.card.deploy, b["card"], b["version_id"],
+                                        changes=b.get("changes") or [], rationale=b.get("rationale", ""))
                 done.append(effect.effect_id)
             elif effect.kind in ("apply", "golden") and effect.effect_id not in self._inflight:
                 self._inflight.add(effect.effect_id)
                 task = asyncio.create_task(self._request(effect))
-                self._tasks.append(task)
+                self._requests.add(task)
+                task.add_done_callback(self._requests.discard)
         if done:
             await self.store.mark_sent(done, utcnow())
 

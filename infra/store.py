@@ -108,7 +108,8 @@ CREATE TABLE IF NOT EXISTS cycle_snapshots (
     snapshot TEXT NOT NULL,          -- CycleData as JSON, after its latest step
     start_inbox_key TEXT,            -- the event that started it (replay starts there)
     state_before TEXT,               -- the autopilot's state just before that event
-    config TEXT                      -- the configuration it ran under
+    config TEXT,                     -- the configuration it ran under
+    golden TEXT                      -- the built-in golden set it ran with (golden.mode: builtin)
 );
 CREATE TABLE IF NOT EXISTS autopilot_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -145,6 +146,7 @@ class CycleStart(msgspec.Struct, frozen=True):
     inbox_key: str
     state_before: bytes
     config: str
+    golden: str | None = None
 
 
 class Store:
@@ -254,8 +256,9 @@ class Store:
             await db.executemany("INSERT OR REPLACE INTO triage_reports VALUES (?,?,?,?,?,?,?)", triage)
             for start in cycle_starts:
                 await db.execute(
-                    "INSERT INTO cycle_snapshots(cycle_id, snapshot, start_inbox_key, state_before, config) VALUES (?,?,?,?,?)",
-                    (start.cycle_id, "{}", start.inbox_key, start.state_before.decode(), start.config))
+                    "INSERT INTO cycle_snapshots(cycle_id, snapshot, start_inbox_key, state_before, config, golden) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (start.cycle_id, "{}", start.inbox_key, start.state_before.decode(), start.config, start.golden))
             await db.executemany("UPDATE cycle_snapshots SET snapshot = ? WHERE cycle_id = ?",
                                  [(snap.decode(), cid) for cid, snap in cycle_snapshots.items()])
             if state is not None:
@@ -311,10 +314,11 @@ class Store:
                         "gate": (result.get("gate") or {}).get("recommendation"), "error": r[6]})
         return out
 
-    async def cycle_start(self, cycle_id: str) -> tuple[str, bytes, str] | None:
+    async def cycle_start(self, cycle_id: str) -> CycleStart | None:
         row = await (await self._db.execute(
-            "SELECT start_inbox_key, state_before, config FROM cycle_snapshots WHERE cycle_id = ?", (cycle_id,))).fetchone()
-        return None if row is None else (row[0], row[1].encode(), row[2])
+            "SELECT start_inbox_key, state_before, config, golden FROM cycle_snapshots WHERE cycle_id = ?",
+            (cycle_id,))).fetchone()
+        return None if row is None else CycleStart(cycle_id, row[0], row[1].encode(), row[2], row[3])
 
     async def inbox_from(self, key: str) -> list[Inbound]:
         row = await (await self._db.execute("SELECT id FROM inbox WHERE key = ?", (key,))).fetchone()

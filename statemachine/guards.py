@@ -47,8 +47,14 @@ def summarize(cycle: "Cycle") -> CycleSummary:
             predicted_sd[kpi] = float(impact.get("uncertainty") or 0.0)
     for kpi, spec in cycle.config.kpis.items():
         directions[kpi] = spec.direction
+    outcome = cycle.state
+    if outcome == "RolledBack" and (d.gate or {}).get("recommendation") == "inconclusive":
+        # No evidence either way is not a failure: it must not feed the
+        # rollback-rate and failure-run rules (it paused a healthy autopilot
+        # on most days of the 30-day simulation).
+        outcome = "Inconclusive"
     return CycleSummary(
-        cycle_id=d.cycle_id, ended_at=d.completed_at or d.state_entered_at, outcome=cycle.state, error=d.error,
+        cycle_id=d.cycle_id, ended_at=d.completed_at or d.state_entered_at, outcome=outcome, error=d.error,
         gate_rule=(d.gate or {}).get("rule"), harmed_kpis=harmed, parameters=sorted(d.proposal or {}),
         predicted=predicted, predicted_sd=predicted_sd, realized=realized, realized_se=realized_se,
         directions=directions,

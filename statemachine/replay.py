@@ -11,14 +11,18 @@ from typing import Iterable
 
 import msgspec
 
+from ..handlers.golden import GoldenSet
 from ..schemas.config import Config
 from ..schemas.events import Inbound, TransitionRecord
 from .autopilot import Autopilot, AutopilotState
 from .definition import TERMINAL
 
 
-def replay_cycle(config: Config, state_before: bytes, inbounds: Iterable[Inbound], cycle_id: str) -> list[TransitionRecord]:
-    core = Autopilot(config, msgspec.json.decode(state_before, type=AutopilotState))
+def replay_cycle(config: Config, state_before: bytes, inbounds: Iterable[Inbound], cycle_id: str, *,
+                 golden: GoldenSet | None = None) -> list[TransitionRecord]:
+    """``golden`` is the built-in golden set the cycle ran with (``golden.mode:
+    builtin``); in service mode its answers are in the inbox instead."""
+    core = Autopilot(config, msgspec.json.decode(state_before, type=AutopilotState), golden=golden)
     out: list[TransitionRecord] = []
     for inbound in inbounds:
         step = core.handle(inbound)

@@ -67,7 +67,7 @@ async def nats_server(tmp_path: Path):
 async def client(nats_server: EmbeddedNats):
     nc = await nats.connect(nats_server.url)
     yield nc
-    await nc.close()
+    await asyncio.wait_for(nc.close(), timeout=10)
 
 
 class Events:

@@ -143,9 +143,9 @@ async def test_replay_of_a_cycle_is_exact(service_factory, vvtv, client, events)
     await vvtv(service)
     reply = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.6}})
     recorded = await _finished(service, events, reply["cycle_id"])
-    key, before, config_json = await service.store.cycle_start(reply["cycle_id"])
-    inbounds = await service.store.inbox_from(key)
-    replayed = replay_cycle(Config.model_validate_json(config_json), before, inbounds, reply["cycle_id"])
+    start = await service.store.cycle_start(reply["cycle_id"])
+    inbounds = await service.store.inbox_from(start.inbox_key)
+    replayed = replay_cycle(Config.model_validate_json(start.config), start.state_before, inbounds, reply["cycle_id"])
     assert compare(recorded, replayed) == []
     assert len(replayed) == 6
 
