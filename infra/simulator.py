@@ -54,6 +54,7 @@ class SimulatedVVTV:
         self._task: asyncio.Task | None = None
         self.published = 0
         self.publish_errors = 0
+        self._stopping = False
 
     async def start(self, tick: float = 0.25) -> None:
         self._subs.append(await self.nc.subscribe(f"{self.prefix}.business_logic.apply", cb=self._on_apply))
@@ -61,9 +62,12 @@ class SimulatedVVTV:
         self._task = asyncio.create_task(self._publish_loop(tick))
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # nats-py may turn a cancellation inside a request into its own
+            # timeout error; the flag ends the loop all the same, and the wait is bounded.
+            await asyncio.wait([self._task], timeout=10)
         for sub in self._subs:
             await sub.unsubscribe()
 
@@ -105,7 +109,7 @@ class SimulatedVVTV:
         self.published += 1
 
     async def _publish_loop(self, tick: float) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._publish_tick()
             except asyncio.CancelledError:
