@@ -8,7 +8,7 @@ else from the world. A cycle restored from its snapshot gets its machine with
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Callable
 
 import msgspec
@@ -22,17 +22,8 @@ from ..handlers.stats import RunningStats
 from ..schemas.config import Config
 from ..schemas.events import Effect, TransitionRecord
 from ..schemas.messages import parse_time, rfc3339
-from .definition import ACTIVE, MACHINE_HASH, STATES, TERMINAL, TRANSITIONS
+from .definition import ACTIVE, MACHINE_HASH, OUTCOME_STATUS, STATES, TERMINAL, TRANSITIONS
 from .step import Step
-
-OUTCOME_STATUS = {
-    "Deployed": "completed",
-    "NoChange": "completed",
-    "RolledBack": "rolled_back",
-    "Failed": "failed",
-    "Aborted": "failed",
-}
-
 
 class CycleData(msgspec.Struct, kw_only=True):
     """Everything a cycle knows; persisted as one JSON snapshot per step."""

@@ -27,6 +27,15 @@ STATES = [
 
 TERMINAL = frozenset({"Deployed", "RolledBack", "NoChange", "Aborted", "Failed"})
 
+# The seed's autopilot_cycles.status for each final state ('running' before).
+OUTCOME_STATUS = {
+    "Deployed": "completed",
+    "NoChange": "completed",
+    "RolledBack": "rolled_back",
+    "Failed": "failed",
+    "Aborted": "failed",
+}
+
 # Stages in which the cycle does active work (counted against
 # max_execution_time_minutes); Canary is waiting for traffic, not work.
 ACTIVE = frozenset({"Analyzing", "Bounded", "Validated", "Gated"})

@@ -14,6 +14,7 @@ import msgspec
 
 from ..schemas.events import Effect, Inbound, TransitionRecord
 from ..schemas.messages import parse_time, rfc3339
+from .definition import OUTCOME_STATUS
 
 if TYPE_CHECKING:
     from .cycle import Cycle
@@ -54,8 +55,6 @@ class Step:
 
     def record_cycle(self, cycle: "Cycle") -> None:
         d = cycle.data
-        from .cycle import OUTCOME_STATUS
-
         self.cycle_rows.append({
             "cycle_id": d.cycle_id, "started_at": d.started_at, "completed_at": d.completed_at,
             "status": OUTCOME_STATUS.get(cycle.state, "running"),
@@ -69,14 +68,10 @@ class Step:
         d = cycle.data
         self.canary_rows.append({
             "canary_id": f"{d.cycle_id}-canary", "cycle_id": d.cycle_id, "started_at": d.canary_started_at,
-            "completed_at": step_completed(d), "traffic_percentage": cycle.config.autopilot.canary_traffic_percentage,
+            "completed_at": d.state_entered_at if d.gate else None, "traffic_percentage": cycle.config.autopilot.canary_traffic_percentage,
             "control_metrics": {k: v.summary() for k, v in d.control.items()},
             "canary_metrics": {k: v.summary() for k, v in d.canary.items()},
             "statistical_significance": (d.gate or {}).get("statistical_significance"),
             "recommendation": (d.gate or {}).get("recommendation"),
             "result": d.gate,
         })
-
-
-def step_completed(d) -> str | None:
-    return d.state_entered_at if d.gate else None

@@ -7,9 +7,7 @@ with a transition log that has no gap and no duplicate, and a whole card.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys

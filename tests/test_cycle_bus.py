@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from conftest import WAIT, ctl, wait_for
+from conftest import ctl, wait_for
 from vvtv_autopilot.handlers.card import version_id
 from vvtv_autopilot.schemas.messages import rfc3339
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WAIT, ctl, wait_for
+from conftest import ctl, wait_for
 from vvtv_autopilot.schemas.messages import rfc3339
 
 NOW = rfc3339(datetime.now(timezone.utc))
