@@ -25,12 +25,13 @@ from ..handlers.card import version_id
 from ..handlers.golden import GoldenSet, builtin_golden_set, parse_golden_set
 from ..schemas.config import Config
 from ..schemas.errors import ConfigError, MessageError
-from ..schemas.events import ApplyResult, Boot, CommandEvent, GoldenResult, Inbound, MetricStats, TimerEvent
+from ..schemas.events import Boot, CommandEvent, Inbound, MetricStats, TimerEvent
 from ..schemas.messages import DeadLetter, encode, rfc3339
 from ..statemachine import Autopilot, AutopilotState, CycleData
 from ..statemachine.step import Step
 from . import bus as busmod
 from .cardfile import CardFile
+from .relay import OutboxRelay
 from .inbound import alert_inbound, command_event, excerpt, metric_inbound
 from .natsserver import EmbeddedNats
 from .store import CycleStart, Store
@@ -81,9 +82,7 @@ class Service:
         self.js = None
         self.embedded: EmbeddedNats | None = None
         self._lock = asyncio.Lock()
-        self._relay_wake = asyncio.Event()
-        self._inflight: set[str] = set()
-        self._requests: set[asyncio.Task] = set()   # apply/golden requests awaiting VVTV
+        self.relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.listeners: list[Callable[[Step], Awaitable[None] | None]] = []
@@ -102,7 +101,8 @@ class Service:
         await busmod.ensure_streams(self.js, self.config)
         subs = await busmod.ensure_consumers(self.js, self.config)
         await self.nc.subscribe(self.subjects.ctl(), cb=self._on_ctl)
-        await self._relay_once()  # unsent effects of the previous run first (e.g. a card write)
+        self.relay = OutboxRelay(self.config, self.store, self.nc, self.js, self.card, self._process, self._stopping)
+        await self.relay.run_once()  # unsent effects of the previous run first (e.g. a card write)
         card = self.card.load_or_init(self.config)
         await self._process([Inbound(key=f"boot:{uuid.uuid4().hex}", subject="boot", at=utcnow(),
                                      event=Boot(card=card, card_version=version_id(card)))])
@@ -111,13 +111,13 @@ class Service:
             asyncio.create_task(self._pull(subs["autopilot-alerts"], "alerts"), name="alerts"),
             asyncio.create_task(self._pull(subs["autopilot-cmd"], "commands"), name="commands"),
             asyncio.create_task(self._pull(subs["autopilot-timers"], "timers"), name="timers"),
-            asyncio.create_task(self._relay(), name="relay"),
+            asyncio.create_task(self.relay.run(), name="relay"),
         ]
         log.info("autopilot up on %s, data in %s", self.nats_url, self.data_dir)
 
     async def stop(self) -> None:
         self._stopping.set()
-        tasks = self._tasks + list(self._requests)
+        tasks = self._tasks + (list(self.relay.requests) if self.relay else [])
         for task in tasks:
             task.cancel()
         # Bounded waits: a stop must never hang on a task or a connection that
@@ -263,8 +263,8 @@ class Service:
                     except _CoreFailure as failure:
                         await self._reload_core()
                         await self._dead_letter(ib.subject, _enc.encode(ib.event), f"internal error: {failure.__cause__!r}")
-        if any(s.effects for s in steps):
-            self._relay_wake.set()
+        if self.relay is not None and any(s.effects for s in steps):
+            self.relay.wake()
         for step in steps:
             self.telemetry.record(step)
             for listener in self.listeners:
@@ -316,85 +316,6 @@ class Service:
         state = _state_dec.decode(state_json) if state_json else AutopilotState()
         cycle = _cycle_dec.decode(cycle_json) if cycle_json else None
         self.core = Autopilot(self.config, state, cycle, golden=self.golden_set)
-
-    # --- outbox relay ---------------------------------------------------------------------------------
-
-    async def _relay(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._relay_wake.wait(), timeout=2.0)
-            except asyncio.TimeoutError:
-                pass
-            self._relay_wake.clear()
-            try:
-                await self._relay_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox relay: %s (will retry)", exc)
-                await asyncio.sleep(0.5)
-
-    async def _relay_once(self) -> None:
-        effects = await self.store.pending_effects()
-        done: list[str] = []
-        for effect in effects:
-            if effect.kind == "publish":
-                await self.js.publish(f"{self.config.bus.prefix}.{effect.subject}", _enc.encode(effect.body),
-                                      headers={"Nats-Msg-Id": effect.effect_id})
-                done.append(effect.effect_id)
-            elif effect.kind == "schedule":
-                b = effect.body
-                await busmod.schedule(self.js, self.subjects, b["name"], b["at"], _enc.encode(b["event"]))
-                done.append(effect.effect_id)
-            elif effect.kind == "write_card":
-                b = effect.body
-                await asyncio.to_thread(self.card.deploy, b["card"], b["version_id"],
-                                        changes=b.get("changes") or [], rationale=b.get("rationale", ""))
-                done.append(effect.effect_id)
-            elif effect.kind in ("apply", "golden") and effect.effect_id not in self._inflight:
-                self._inflight.add(effect.effect_id)
-                task = asyncio.create_task(self._request(effect))
-                self._requests.add(task)
-                task.add_done_callback(self._requests.discard)
-        if done:
-            await self.store.mark_sent(done, utcnow())
-
-    async def _request(self, effect) -> None:
-        """A request to VVTV; its reply (or its absence) comes back as an event."""
-        try:
-            if effect.kind == "apply":
-                event = await self._apply(effect)
-            else:
-                event = await self._golden(effect)
-            await self._process([Inbound(key=f"reply:{effect.effect_id}", subject=effect.kind, at=utcnow(), event=event)])
-        finally:
-            self._inflight.discard(effect.effect_id)
-
-    async def _apply(self, effect) -> ApplyResult:
-        req = effect.body["request"]
-        timeout = self.config.autopilot.apply_timeout_seconds
-        try:
-            msg = await self.nc.request(self.subjects.apply(), _enc.encode(req), timeout=timeout)
-            reply = msgspec.json.decode(msg.data)
-            applied = bool(reply.get("applied")) if isinstance(reply, dict) else False
-            error = reply.get("error") if isinstance(reply, dict) else "reply is not a JSON object"
-        except Exception as exc:
-            applied, error = False, f"no reply within {timeout}s ({type(exc).__name__})"
-        return ApplyResult(effect.effect_id, req.get("cycle_id"), effect.body["purpose"], applied, error)
-
-    async def _golden(self, effect) -> GoldenResult:
-        req = effect.body["request"]
-        timeout = self.config.golden.timeout_seconds
-        try:
-            msg = await self.nc.request(self.subjects.golden(), _enc.encode(req), timeout=timeout)
-            reply = msgspec.json.decode(msg.data)
-            if not isinstance(reply, dict) or not isinstance(reply.get("passed"), bool):
-                raise ValueError("reply lacks a boolean `passed`")
-            failures = [{"case": str(f.get("case")), "reason": str(f.get("reason"))} for f in reply.get("failures") or []]
-            return GoldenResult(effect.effect_id, req["cycle_id"], reply["passed"], int(reply.get("cases_run") or 0), failures)
-        except Exception as exc:  # fail safe: no valid answer is a failed validation
-            return GoldenResult(effect.effect_id, req["cycle_id"], False, 0, [],
-                                error=f"no valid reply within {timeout}s ({type(exc).__name__}: {exc})")
 
     # --- introspection for the CLI ------------------------------------------------------------------
 

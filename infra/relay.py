@@ -1,0 +1,129 @@
+"""The outbox relay: carries the committed effects out into the world.
+
+Events are published with ``Nats-Msg-Id`` = effect id (JetStream drops a
+re-send within its duplicate window), timers become JetStream scheduled
+messages, the card is written atomically, and apply / golden requests go to
+VVTV; their replies (or their absence, after the timeout) come back into the
+core as events through the same one-transaction path, which also marks the
+effect sent. Unsent effects are re-sent after a restart: VVTV applies one
+``effect_id`` once, and every other effect is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+
+import msgspec
+
+from ..schemas.config import Config
+from ..schemas.events import ApplyResult, Effect, GoldenResult, Inbound
+from ..schemas.messages import rfc3339
+from . import bus as busmod
+from .cardfile import CardFile
+from .store import Store
+
+log = logging.getLogger("vvtv_autopilot.relay")
+_enc = msgspec.json.Encoder()
+
+
+def utcnow() -> str:
+    return rfc3339(datetime.now(timezone.utc))
+
+
+class OutboxRelay:
+    def __init__(self, config: Config, store: Store, nc, js, card: CardFile,
+                 process: Callable[[list[Inbound]], Awaitable[object]], stopping: asyncio.Event):
+        self.config = config
+        self.store = store
+        self.nc = nc
+        self.js = js
+        self.card = card
+        self.subjects = busmod.Subjects(config.bus.prefix)
+        self._process = process
+        self._stopping = stopping
+        self._wake = asyncio.Event()
+        self._inflight: set[str] = set()
+        self.requests: set[asyncio.Task] = set()   # apply/golden requests awaiting VVTV
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=2.0)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay: %s (will retry)", exc)
+                await asyncio.sleep(0.5)
+
+    async def run_once(self) -> None:
+        effects = await self.store.pending_effects()
+        done: list[str] = []
+        for effect in effects:
+            if effect.kind == "publish":
+                await self.js.publish(f"{self.config.bus.prefix}.{effect.subject}", _enc.encode(effect.body),
+                                      headers={"Nats-Msg-Id": effect.effect_id})
+                done.append(effect.effect_id)
+            elif effect.kind == "schedule":
+                b = effect.body
+                await busmod.schedule(self.js, self.subjects, b["name"], b["at"], _enc.encode(b["event"]))
+                done.append(effect.effect_id)
+            elif effect.kind == "write_card":
+                b = effect.body
+                await asyncio.to_thread(self.card.deploy, b["card"], b["version_id"],
+                                        changes=b.get("changes") or [], rationale=b.get("rationale", ""))
+                done.append(effect.effect_id)
+            elif effect.kind in ("apply", "golden") and effect.effect_id not in self._inflight:
+                self._inflight.add(effect.effect_id)
+                task = asyncio.create_task(self._request(effect))
+                self.requests.add(task)
+                task.add_done_callback(self.requests.discard)
+        if done:
+            await self.store.mark_sent(done, utcnow())
+
+    async def _request(self, effect: Effect) -> None:
+        """A request to VVTV; its reply (or its absence) comes back as an event."""
+        try:
+            if effect.kind == "apply":
+                event = await self._apply(effect)
+            else:
+                event = await self._golden(effect)
+            await self._process([Inbound(key=f"reply:{effect.effect_id}", subject=effect.kind, at=utcnow(), event=event)])
+        finally:
+            self._inflight.discard(effect.effect_id)
+
+    async def _apply(self, effect: Effect) -> ApplyResult:
+        req = effect.body["request"]
+        timeout = self.config.autopilot.apply_timeout_seconds
+        try:
+            msg = await self.nc.request(self.subjects.apply(), _enc.encode(req), timeout=timeout)
+            reply = msgspec.json.decode(msg.data)
+            applied = bool(reply.get("applied")) if isinstance(reply, dict) else False
+            error = reply.get("error") if isinstance(reply, dict) else "reply is not a JSON object"
+        except Exception as exc:
+            applied, error = False, f"no reply within {timeout}s ({type(exc).__name__})"
+        return ApplyResult(effect.effect_id, req.get("cycle_id"), effect.body["purpose"], applied, error)
+
+    async def _golden(self, effect: Effect) -> GoldenResult:
+        req = effect.body["request"]
+        timeout = self.config.golden.timeout_seconds
+        try:
+            msg = await self.nc.request(self.subjects.golden(), _enc.encode(req), timeout=timeout)
+            reply = msgspec.json.decode(msg.data)
+            if not isinstance(reply, dict) or not isinstance(reply.get("passed"), bool):
+                raise ValueError("reply lacks a boolean `passed`")
+            failures = [{"case": str(f.get("case")), "reason": str(f.get("reason"))} for f in reply.get("failures") or []]
+            return GoldenResult(effect.effect_id, req["cycle_id"], reply["passed"], int(reply.get("cases_run") or 0), failures)
+        except Exception as exc:  # fail safe: no valid answer is a failed validation
+            return GoldenResult(effect.effect_id, req["cycle_id"], False, 0, [],
+                                error=f"no valid reply within {timeout}s ({type(exc).__name__}: {exc})")
