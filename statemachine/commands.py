@@ -11,7 +11,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ..handlers.card import parameter_values
+import msgspec
+
+from ..handlers.card import get_path, parameter_values, version_id, with_values
+from ..handlers.changes import manual_change
 from ..schemas.events import CommandEvent, Effect
 from ..schemas.messages import parse_time, rfc3339
 from . import tuning
@@ -137,10 +140,30 @@ def _override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, An
     _check_parameter(ap, step, name, value)
     hours = float(body.get("hours") or ap.config.autopilot.manual_override_hours)
     until = _hours_until(step, hours)
+    current = get_path(ap.state.card, name, None)
+    deployed = None
+    if current is None or float(current) != value:
+        # The operator's value goes live at once (card written atomically,
+        # VVTV told), then it is held there: that is what pinning it means.
+        running = ap.running()
+        if running is not None:
+            raise _Refused(f"cycle {running.data.cycle_id} is running ({running.state}); abort it before "
+                           f"overriding {name} to a new value")
+        card = with_values(ap.state.card, {name: value})
+        deployed = version_id(card)
+        change = msgspec.to_builtins(manual_change(name, current, value))
+        step.effects.append(Effect(step.next_id("card"), "write_card", {
+            "card": card, "version_id": deployed, "changes": [change],
+            "rationale": f"override by {body['actor']}: {body.get('reason') or 'no reason given'}"}))
+        _apply_live(ap, step, card, deployed, "override")
+        ap.state.card, ap.state.card_version = card, deployed
+        bounds = ap.state.bounds.get(name)
+        if bounds is not None:
+            tuning.emit(ap, step, name, B.mark_deployed(bounds, value, at=step.now, known_good=False))
     ap.state.overrides[name] = {"value": value, "until": until, "actor": body["actor"], "reason": body.get("reason")}
     ap.state_dirty = True
     step.schedule(f"override.{name}", parse_time(until), {"kind": "override_expiry", "token": until})
-    return {"parameter": name, "until": until}
+    return {"parameter": name, "until": until, "version_id": deployed or ap.state.card_version}
 
 
 def _clear_override(ap: "Autopilot", step: Step, body: dict[str, Any]) -> None:
@@ -194,12 +217,16 @@ def _rollback(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, An
         raise _Refused(body.get("rollback_error") or f"version {body['version_id']} could not be restored")
     ap.state.card, ap.state.card_version = verified["card"], verified["version_id"]
     ap.state_dirty = True
-    params = parameter_values(verified["card"], list(ap.config.parameters))
-    effect_id = step.next_id("apply")
-    step.effects.append(Effect(effect_id, "apply", {"purpose": "manual_rollback", "request": {
-        "effect_id": effect_id, "cycle_id": None, "version_id": verified["version_id"], "arm": "live",
-        "traffic_percentage": 1.0, "parameters": params}}))
+    _apply_live(ap, step, verified["card"], verified["version_id"], "manual_rollback")
     return {"version_id": verified["version_id"]}
+
+
+def _apply_live(ap: "Autopilot", step: Step, card: dict[str, Any], vid: str, purpose: str) -> None:
+    """Tell VVTV to run ``card`` on all traffic (outside any cycle)."""
+    effect_id = step.next_id("apply")
+    step.effects.append(Effect(effect_id, "apply", {"purpose": purpose, "request": {
+        "effect_id": effect_id, "cycle_id": None, "version_id": vid, "arm": "live",
+        "traffic_percentage": 1.0, "parameters": parameter_values(card, list(ap.config.parameters))}}))
 
 
 def _triage(ap: "Autopilot", step: Step, body: dict[str, Any]) -> dict[str, Any]:

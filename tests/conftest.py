@@ -41,14 +41,14 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: st
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def make_config(tmp_path: Path, url: str | None, **autopilot: Any) -> Config:
+def make_config(tmp_path: Path, url: str | None, golden: dict[str, Any] | None = None, **autopilot: Any) -> Config:
     tree = {
         "autopilot": {"canary_duration_minutes": 0.1, "check_interval_minutes": 0.025, "min_samples_per_arm": 30,
                       "apply_timeout_seconds": 10, "sliding_bounds": {"initial_half_width_fraction": 0.5},
                       **autopilot},
         "bus": {"url": url},
         "storage": {"data_dir": str(tmp_path / "data")},
-        "golden": {"timeout_seconds": 10},
+        "golden": {"timeout_seconds": 10, **(golden or {})},
         "kpis": {"selection_entropy": {"direction": "increase", "weight": 1.0},
                  "error_rate": {"direction": "decrease", "critical": True, "margin": 0.1}},
     }
@@ -101,8 +101,8 @@ async def events(client) -> Events:
 async def service_factory(tmp_path: Path, nats_server: EmbeddedNats):
     started: list[Service] = []
 
-    async def make(**autopilot: Any) -> Service:
-        svc = Service(make_config(tmp_path, nats_server.url, **autopilot))
+    async def make(golden: dict[str, Any] | None = None, **autopilot: Any) -> Service:
+        svc = Service(make_config(tmp_path, nats_server.url, golden, **autopilot))
         await svc.start()
         started.append(svc)
         return svc

@@ -166,3 +166,31 @@ async def test_a_strongly_harmful_canary_stops_before_its_deadline(service_facto
     assert result["execution_time_seconds"] < 120 and result["canary_metrics"]["error_rate"]["n"] > 0
     rows = await service.store.cycles()
     assert rows[0]["outcome"] == "RolledBack"
+
+
+async def test_an_override_puts_the_value_live_and_holds_it(service_factory, vvtv, client, events):
+    service = await service_factory()
+    sim = await vvtv(service)
+    reply = await ctl(client, "override", {"actor": "ops", "parameter": "selection.diversity_weight", "value": 0.3,
+                                           "hours": 1, "reason": "incident 42"})
+    assert reply["ok"], reply
+    await wait_for(lambda: sim.live == {"selection.diversity_weight": 0.3}, what="VVTV to run the override")
+    await wait_for(lambda: json.loads(service.card.history.card_path.read_text())["selection"]["diversity_weight"] == 0.3,
+                   what="the card to hold the override")
+    assert service.card.history.current_version_id() == reply["version_id"]
+    version = service.card.history.get_version(reply["version_id"])
+    assert "override by ops: incident 42" in version.rationale
+    refused = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.4}})
+    assert refused["ok"] is False and "pinned" in refused["error"]
+
+
+async def test_a_golden_service_that_does_not_answer_in_time_fails_the_validation(service_factory, client, events):
+    async def too_slow(msg):
+        pass  # listens, never answers within golden.timeout_seconds
+
+    await client.subscribe("vvtv.golden.validate", cb=too_slow)
+    service = await service_factory(golden={"timeout_seconds": 1.5})
+    reply = await ctl(client, "propose", {"actor": "test", "changes": {"selection.diversity_weight": 0.4}})
+    records = await _finished(service, events, reply["cycle_id"])
+    assert [r.to for r in records] == ["Analyzing", "Bounded", "Failed"]
+    assert records[-1].trigger == "golden_failed" and "no valid reply within" in records[-1].detail["error"]
