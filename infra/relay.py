@@ -66,7 +66,11 @@ class OutboxRelay:
                 log.warning("outbox relay: %s (will retry)", exc)
                 await asyncio.sleep(0.5)
 
-    async def run_once(self) -> None:
+    async def publish_pending(self) -> None:
+        """Events, timers and card writes only: no new request to VVTV at a stop."""
+        await self.run_once(requests=False)
+
+    async def run_once(self, *, requests: bool = True) -> None:
         effects = await self.store.pending_effects()
         done: list[str] = []
         for effect in effects:
@@ -83,7 +87,7 @@ class OutboxRelay:
                 await asyncio.to_thread(self.card.deploy, b["card"], b["version_id"],
                                         changes=b.get("changes") or [], rationale=b.get("rationale", ""))
                 done.append(effect.effect_id)
-            elif effect.kind in ("apply", "golden") and effect.effect_id not in self._inflight:
+            elif requests and effect.kind in ("apply", "golden") and effect.effect_id not in self._inflight:
                 self._inflight.add(effect.effect_id)
                 task = asyncio.create_task(self._request(effect))
                 self.requests.add(task)

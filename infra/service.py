@@ -117,6 +117,11 @@ class Service:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.relay is not None and self.nc is not None and self.nc.is_connected:
+            try:  # a graceful stop publishes what is committed (a crash leaves it to the next start)
+                await asyncio.wait_for(self.relay.publish_pending(), timeout=5)
+            except Exception as exc:
+                log.warning("outbox not flushed at stop: %r (sent at the next start)", exc)
         tasks = self._tasks + (list(self.relay.requests) if self.relay else [])
         for task in tasks:
             task.cancel()

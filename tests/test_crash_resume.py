@@ -90,6 +90,8 @@ async def test_sigkill_during_canary_then_restart_finishes_the_cycle_once(tmp_pa
             return status and status["state"] == "Idle" and status["last_cycle"] and status["last_cycle"]["cycle_id"] == cycle_id
 
         await wait_for(ended, what="the cycle to end after restart")
+        js = nc.jetstream()
+        await wait_for(lambda: _stream_count(js, "vvtv.autopilot.evt.cycle", cycle_id), what="evt.cycle in its stream")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     finally:
@@ -111,7 +113,6 @@ async def test_sigkill_during_canary_then_restart_finishes_the_cycle_once(tmp_pa
     card = json.loads((data / "business_logic.json").read_bytes())
     expected = 0.45 if records[-1].to == "Deployed" else 0.35
     assert card["selection"]["diversity_weight"] == expected
-    js = nc.jetstream()
     assert await _stream_count(js, "vvtv.autopilot.evt.cycle", cycle_id) == 1
     published = await _stream_count(js, "vvtv.autopilot.evt.transition", cycle_id)
     assert published == len(records)
