@@ -1,6 +1,7 @@
 """Benchmark of the canary judges on the same simulated canaries (prints, never asserts).
 
     /tmp/venv/bin/python bench/bench_gate.py [--paths 2000] [--seed 7]
+    /tmp/venv/bin/python bench/bench_gate.py --tradeoff --paths 1000   # the alpha split
 
 A canary: 60 minutes, 100 units a minute, each unit sent to the canary with
 probability 0.2; one KPI ("increase" is good, margin 1 %), normal (CV 1) or
@@ -8,7 +9,11 @@ lognormal (CV ~1) raw samples. The MDE is the fixed-horizon one (two-sided
 alpha 0.05, power 0.8) for the whole window, ~9 % relative.
 
 Judges:
-- sequential: ``evaluate_gate`` (mSPRT, anytime-valid) at every minute, at 95 %;
+- hybrid: ``evaluate_gate`` as configured by default (mixture test at every minute
+  at alpha_seq = 0.015, one fixed-horizon one-sided Welch look at the deadline
+  at alpha_fix = 0.035; 95 % overall);
+- msprt: ``evaluate_gate(sequential_alpha_share=1, mixture_tuning_fraction=1)``,
+  the pure anytime-valid mixture test at every minute at 95 % (the previous gate);
 - welch-fixed: ``evaluate_gate_fixed``, one two-sided Welch test at the deadline, at 95 %;
 - kayenta-mw: Kayenta-style, one two-sided Mann-Whitney test on the raw samples
   at the deadline at 98 %: a significant shift in the bad direction fails the
@@ -36,6 +41,7 @@ from vvtv_autopilot.schemas.config import KpiSpec
 
 LOOKS, PER_LOOK, SPLIT = 60, 100, 0.2
 KPIS = {"conv": KpiSpec(direction="increase")}
+PURE_MIXTURE = {"sequential_alpha_share": 1.0, "mixture_tuning_fraction": 1.0}
 
 
 def raw_canaries(rng: np.random.Generator, paths: int, lift: float, dist: str):
@@ -70,20 +76,44 @@ def kayenta(x: np.ndarray, mask: np.ndarray) -> list[str]:
 
 
 def scenario(rng, paths: int, lift: float, dist: str, chunk: int = 250):
-    rows = {"sequential": ([], []), "welch-fixed": ([], []), "kayenta-mw": ([], [])}
+    rows = {"hybrid": ([], []), "msprt": ([], []), "welch-fixed": ([], []), "kayenta-mw": ([], [])}
     for start in range(0, paths, chunk):
         n = min(chunk, paths - start)
         x, mask = raw_canaries(rng, n, lift, dist)
         arms = {"conv": (arm_paths(x, ~mask), arm_paths(x, mask))}
         recs, stops, _ = run_paths(KPIS, arms, traffic_fraction=SPLIT)
-        rows["sequential"][0].extend(recs)
-        rows["sequential"][1].extend((stops / LOOKS).tolist())
+        rows["hybrid"][0].extend(recs)
+        rows["hybrid"][1].extend((stops / LOOKS).tolist())
+        recs, stops, _ = run_paths(KPIS, arms, traffic_fraction=SPLIT, **PURE_MIXTURE)
+        rows["msprt"][0].extend(recs)
+        rows["msprt"][1].extend((stops / LOOKS).tolist())
         recs, stops, _ = run_paths(KPIS, arms, judge=evaluate_gate_fixed)
         rows["welch-fixed"][0].extend(recs)
         rows["welch-fixed"][1].extend((stops / LOOKS).tolist())
         rows["kayenta-mw"][0].extend(kayenta(x, mask))
         rows["kayenta-mw"][1].extend([1.0] * n)
     return rows
+
+
+def tradeoff(paths: int, seed: int, shares=(0.1, 0.2, 0.3, 0.4, 0.5, 1.0), tunings=(0.5,)) -> None:
+    """The hybrid's alpha split: power at 1x MDE against time to decision at 2x MDE."""
+    mde = fixed_horizon_mde(LOOKS * PER_LOOK, SPLIT, 1.0)
+    cases = [("harm 1xMDE", -mde, "rollback"), ("better 1xMDE", mde, "proceed"),
+             ("harm 2xMDE", -2 * mde, "rollback"), ("better 2xMDE", 2 * mde, "proceed")]
+    data = []
+    for i, (_, lift, _) in enumerate(cases):
+        x, mask = raw_canaries(np.random.default_rng([seed, 100 + i]), paths, lift, "normal")
+        data.append({"conv": (arm_paths(x, ~mask), arm_paths(x, mask))})
+    print("\n| alpha share (seq) | tuning | " + " | ".join(f"{c[0]} ({c[2]}, time)" for c in cases) + " |")
+    print("|---:|---:|" + "---:|" * len(cases))
+    for share in shares:
+        for tuning in tunings:
+            cells = []
+            for (_, _, want), arms in zip(cases, data):
+                recs, stops, _ = run_paths(KPIS, arms, traffic_fraction=SPLIT, sequential_alpha_share=share,
+                                           mixture_tuning_fraction=tuning)
+                cells.append(f"{100 * sum(r == want for r in recs) / len(recs):.1f}%, {np.mean(stops) / LOOKS:.2f}")
+            print(f"| {share:g} | {tuning:g} | " + " | ".join(cells) + " |")
 
 
 def gate_cost(repeats: int = 2000) -> tuple[float, float]:
@@ -104,7 +134,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--paths", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--tradeoff", action="store_true", help="only the alpha-split table (hybrid judge)")
     args = ap.parse_args()
+    if args.tradeoff:
+        t0 = time.perf_counter()
+        tradeoff(args.paths, args.seed, tunings=(0.25, 0.5, 1.0))
+        print(f"\nwall time {time.perf_counter() - t0:.0f} s")
+        return
     mde = fixed_horizon_mde(LOOKS * PER_LOOK, SPLIT, 1.0)
     print(f"$ {sys.executable.split('/')[-1]} bench/bench_gate.py --paths {args.paths} --seed {args.seed}")
     print(f"canary: {LOOKS} looks x {PER_LOOK} units, canary share {SPLIT}, MDE {100 * mde:.1f}% relative, "

@@ -1,21 +1,30 @@
-"""The canary KPI gate: an anytime-valid judge of canary against control.
+"""The canary KPI gate: a hybrid judge of canary against control.
 
 ``evaluate_gate`` is pure: per-arm sufficient statistics in, a decision with
 its full explanation out. It needs no state between looks: the state machine
 calls it at every check (``final=False``) with the current statistics and the
 elapsed fraction of the window, and once at the deadline (``final=True``).
 
-Per KPI (see :mod:`.effect` and :mod:`.sequential`):
+alpha = 1 - confidence is split (:mod:`._gate_hybrid`): ``alpha_seq =
+sequential_alpha_share * alpha`` for an anytime-valid one-sided normal-mixture
+test at every look (:mod:`.sequential`), ``alpha_fix = alpha - alpha_seq`` for
+ONE fixed-horizon one-sided Welch look at the deadline. Each test's hybrid
+p-value ``min(p_seq / share, p_fix / (1 - share))`` is valid at any look (a
+union bound), so every rule below compares it with alpha: before the deadline
+that is the mixture at alpha_seq, at it also the Welch test at alpha_fix.
+``sequential_alpha_share=1`` is the pure mixture test.
+
+Per KPI (see :mod:`.effect`):
 
 - effect: relative lift with delta-method variance and Welch-Satterthwaite df
   (absolute difference when the control mean is near zero), signed so that
   positive is good (``direction``); ``margin`` is the relative
   non-inferiority margin (times ``|control mean|`` in absolute mode);
-- harm: anytime-valid one-sided test of "good effect < -margin";
-- non-inferiority: anytime-valid one-sided test of "good effect > -margin";
-- reported interval: the two one-sided anytime-valid bounds at ``confidence``.
+- harm: one-sided test of "good effect < -margin";
+- non-inferiority: one-sided test of "good effect > -margin";
+- reported interval: the two one-sided hybrid bounds, each at ``confidence``.
 
-Decision, in this order (alpha = 1 - confidence):
+Decision, in this order:
 
 1. sample-ratio mismatch in a KPI with data (the chi-square statistic of its
    arm counts against ``traffic_fraction``, as an anytime-valid p-value,
@@ -26,78 +35,37 @@ Decision, in this order (alpha = 1 - confidence):
 3. at the deadline, a critical KPI with fewer than ``min_samples`` in an arm ->
    ``rollback``; any other such KPI -> ``inconclusive`` naming it;
 4. every KPI has data and is non-inferior, and the weighted improvement score is
-   significant (anytime-valid, one-sided at alpha) -> ``proceed``;
+   significant (one-sided at alpha) -> ``proceed``;
 5. at the deadline -> ``inconclusive``; before it -> ``continue``.
 
 ``inconclusive`` carries ``action``: ``inconclusive_action`` ("rollback" or
 "extend"; ``extend=True`` with the latter). The mixture is tuned in information
 time (``elapsed_fraction``), so an extension keeps its guarantees: keep calling
 with ``elapsed_fraction`` measured against the original window (it then exceeds
-1), and pass ``inconclusive_action="rollback"`` after the one extension.
+1), and pass ``inconclusive_action="rollback"`` after the one extension. The
+fixed look is spent at the original deadline only (``fixed_look=None``: at
+``final`` with an elapsed fraction below 1.5); the extension's deadline is
+judged by the mixture alone.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping
-
-import msgspec
+from typing import Mapping
 
 from ..schemas.config import KpiSpec
+from ._gate_hybrid import (DEFAULT_MIXTURE_TUNING, DEFAULT_SEQUENTIAL_SHARE, FIXED_LOOK_BEFORE, OneSided, Split,
+                           exact, greater, make_split)
+from ._gate_types import METHOD, METHOD_SEQUENTIAL, Action, GateDecision, KpiVerdict, Recommendation
 from .effect import estimate_effect
-from .sequential import boundary, optimal_r, p_value, t_to_z, z_to_t
 from .stats import RunningStats, srm_pvalue, srm_pvalue_anytime
 
-Recommendation = Literal["proceed", "rollback", "inconclusive", "continue"]
-Action = Literal["proceed", "rollback", "extend", "continue"]
-METHOD = "msprt-normal-mixture"
+__all__ = ["evaluate_gate", "GateDecision", "KpiVerdict", "Recommendation", "Action", "METHOD",
+           "METHOD_SEQUENTIAL", "SRM_THRESHOLD", "DEFAULT_SEQUENTIAL_SHARE", "DEFAULT_MIXTURE_TUNING"]
+
 SRM_THRESHOLD = 0.001
 _MIN_FRACTION = 1e-3
-
-
-class KpiVerdict(msgspec.Struct, frozen=True):
-    kpi: str
-    direction: str
-    critical: bool
-    n_control: int
-    n_canary: int
-    control_mean: float | None
-    canary_mean: float | None
-    lift: float | None          # relative, canary vs control (None: baseline ~ 0)
-    diff: float | None          # absolute difference canary - control
-    p_value: float | None       # anytime-valid p of the test that decided (harm or non-inferiority)
-    verdict: Literal["harm", "improvement", "non_inferior", "neutral", "no_data"]
-    rule: str
-    mode: Literal["relative", "absolute", "none"] = "none"   # units of estimate/interval/margin
-    estimate: float | None = None     # lift (relative) or diff (absolute), canary vs control
-    interval: tuple[float, float] | None = None   # anytime-valid bounds on ``estimate``, each at confidence
-    se: float | None = None
-    df: float | None = None
-    margin: float | None = None       # non-inferiority margin in ``mode`` units
-    p_harm: float | None = None       # anytime-valid p, H0: not worse than the margin
-    p_noninferior: float | None = None  # anytime-valid p, H0: worse than the margin
-    srm_p: float | None = None        # anytime-valid SRM p of this KPI's arm counts (decides)
-    srm_chi2_p: float | None = None   # classic one-look chi-square p, for the record
-
-
-class GateDecision(msgspec.Struct, frozen=True):
-    recommendation: Recommendation
-    reason: str
-    kpis: list[KpiVerdict]
-    statistical_significance: float   # p-value of the deciding test; for continue/inconclusive the evidence to proceed so far
-    confidence_level: float
-    improvement_pct: float | None = None
-    degradation_pct: float | None = None
-    method: str = METHOD
-    action: Action = "continue"       # what the machine should do next
-    extend: bool = False              # action == "extend"
-    final: bool = False
-    elapsed_fraction: float = 1.0
-    score: float | None = None        # weighted relative improvement (positive = good)
-    score_lower: float | None = None  # its anytime-valid lower bound at confidence
-    p_improvement: float | None = None
-    srm_p: float | None = None        # smallest anytime-valid SRM p-value over KPIs with data
-    mixture_r: float | None = None    # mixture variance / end-of-window variance
+_NONE = OneSided(1.0, None, 1.0)
 
 
 def _fmt(x: float) -> str:
@@ -107,18 +75,25 @@ def _fmt(x: float) -> str:
 class _Kpi:
     """Working values for one KPI (not exported)."""
 
-    __slots__ = ("name", "spec", "a", "b", "eff", "g", "m", "p_harm", "p_ni", "lo", "hi", "srm", "srm_chi2")
+    __slots__ = ("name", "spec", "a", "b", "eff", "g", "m", "harm", "ni", "lo", "hi", "srm", "srm_chi2")
 
     def __init__(self, name: str, spec: KpiSpec, a: RunningStats, b: RunningStats) -> None:
         self.name, self.spec, self.a, self.b = name, spec, a, b
         self.eff = None
         self.g = 1.0 if spec.direction == "increase" else -1.0
         self.m = 0.0
-        self.p_harm = 1.0
-        self.p_ni = 1.0
+        self.harm = self.ni = _NONE
         self.lo = self.hi = 0.0
         self.srm: float | None = None
         self.srm_chi2: float | None = None
+
+    @property
+    def p_harm(self) -> float:
+        return self.harm.p
+
+    @property
+    def p_ni(self) -> float:
+        return self.ni.p
 
 
 def evaluate_gate(
@@ -133,16 +108,31 @@ def evaluate_gate(
     elapsed_fraction: float = 1.0,
     inconclusive_action: str = "rollback",
     srm_threshold: float = SRM_THRESHOLD,
+    sequential_alpha_share: float = DEFAULT_SEQUENTIAL_SHARE,
+    mixture_tuning_fraction: float = DEFAULT_MIXTURE_TUNING,
+    fixed_look: bool | None = None,
 ) -> GateDecision:
-    """Judge the canary at one look (see the module docstring for the rule)."""
+    """Judge the canary at one look (see the module docstring for the rule).
+
+    ``sequential_alpha_share`` (0, 1]: the share of alpha the every-look
+    mixture test spends (1: the pure mixture test, no fixed look);
+    ``mixture_tuning_fraction`` > 0: the elapsed fraction at which the
+    mixture's boundary is lowest; ``fixed_look``: run the fixed-horizon tests at
+    this look (None: at ``final`` before an extension, i.e. elapsed < 1.5).
+    Spend the fixed look once per canary."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if inconclusive_action not in ("rollback", "extend"):
         raise ValueError(f"inconclusive_action must be 'rollback' or 'extend', got {inconclusive_action!r}")
+    if not 0.0 < sequential_alpha_share <= 1.0:
+        raise ValueError(f"sequential_alpha_share must be in (0, 1], got {sequential_alpha_share}")
+    if not mixture_tuning_fraction > 0.0 or math.isinf(mixture_tuning_fraction):
+        raise ValueError(f"mixture_tuning_fraction must be positive, got {mixture_tuning_fraction}")
     alpha = 1.0 - confidence
     frac = max(float(elapsed_fraction), _MIN_FRACTION) if math.isfinite(elapsed_fraction) else 1.0
-    r = optimal_r(round(alpha, 12)) * frac
-    z_bound = boundary(r, round(alpha, 12))
+    if fixed_look is None:
+        fixed_look = bool(final) and frac < FIXED_LOOK_BEFORE
+    sp = make_split(alpha, float(sequential_alpha_share), float(mixture_tuning_fraction), frac, bool(fixed_look))
     min_n = max(int(min_samples), 2)
 
     work: list[_Kpi] = []
@@ -158,12 +148,11 @@ def evaluate_gate(
         k.srm_chi2 = srm_pvalue(k.a.n, k.b.n, traffic_fraction)
         good = k.g * eff.estimate + k.m       # > 0: within the margin
         if eff.se > 0.0:
-            z = t_to_z(good / eff.se, eff.df)
-            k.p_ni, k.p_harm = p_value(z, r), p_value(-z, r)
-            half = eff.se * z_to_t(z_bound, eff.df)
+            k.ni, k.harm = greater(sp, good / eff.se, eff.df), greater(sp, -good / eff.se, eff.df)
+            half = sp.half_width(eff.se, eff.df)
             k.lo, k.hi = eff.estimate - half, eff.estimate + half
         else:  # both arms constant: the effect is known exactly
-            k.p_ni, k.p_harm = (0.0, 1.0) if good >= 0.0 else (1.0, 0.0)
+            k.ni, k.harm = exact(sp, good < 0.0), exact(sp, good >= 0.0)
             k.lo = k.hi = eff.estimate
 
     # Holm step-down over all configured KPIs (a KPI without data never rejects).
@@ -180,36 +169,43 @@ def evaluate_gate(
     # standard error assumes the worst case (perfectly correlated KPIs):
     # se <= sum w_i se_i / W, valid whatever the correlation between KPIs.
     scored = [k for k in work if k.eff is not None and k.eff.mode == "relative" and k.spec.weight > 0]
-    score = score_lo = p_imp = None
+    score = score_lo = None
+    imp = _NONE
     if scored:
         wsum = sum(k.spec.weight for k in scored)
         score = sum(k.spec.weight * k.g * k.eff.estimate for k in scored) / wsum
         se = sum(k.spec.weight * k.eff.se for k in scored) / wsum
         df = min(k.eff.df for k in scored)
         if se > 0.0:
-            p_imp = p_value(t_to_z(score / se, df), r)
-            score_lo = score - se * z_to_t(z_bound, df)
+            imp = greater(sp, score / se, df)
+            score_lo = score - sp.half_width(se, df)
         else:
-            p_imp = 0.0 if score > 0 else 1.0
+            imp = exact(sp, score <= 0)
             score_lo = score
+    p_imp = imp.p if scored else None
 
-    verdicts = [_verdict(k, harmed, alpha, min_n) for k in work]
+    verdicts = [_verdict(k, harmed, sp, min_n) for k in work]
     srm_ps = [(k.srm, k.name) for k in work if k.srm is not None]
     srm_min = min(srm_ps) if srm_ps else None
 
     def decision(rec: Recommendation, reason: str, significance: float, action: Action, **kw) -> GateDecision:
-        imp = deg = None
+        up = down = None
         if score is not None:
-            imp, deg = (100.0 * score, None) if score >= 0 else (None, -100.0 * score)
-        kw.setdefault("improvement_pct", imp)
-        kw.setdefault("degradation_pct", deg)
+            up, down = (100.0 * score, None) if score >= 0 else (None, -100.0 * score)
+        kw.setdefault("improvement_pct", up)
+        kw.setdefault("degradation_pct", down)
         return GateDecision(
             rec, reason, verdicts, min(max(significance, 0.0), 1.0), confidence,
+            method=METHOD if sp.share < 1.0 else METHOD_SEQUENTIAL,
             action=action, extend=action == "extend", final=final, elapsed_fraction=float(elapsed_fraction),
             score=score, score_lower=score_lo, p_improvement=p_imp,
-            srm_p=srm_min[0] if srm_min else None, mixture_r=r, **kw)
+            srm_p=srm_min[0] if srm_min else None, mixture_r=sp.r,
+            alpha_sequential=sp.alpha_seq, alpha_fixed=alpha - sp.alpha_seq, fixed_look=sp.uses_fixed,
+            p_improvement_sequential=imp.p_seq if scored else None,
+            p_improvement_fixed=imp.p_fix if scored else None, **kw)
 
     inconclusive_act: Action = "extend" if inconclusive_action == "extend" else "rollback"
+    judged = _how(sp)
 
     # 1. Sample-ratio mismatch: nothing else can be trusted.
     if srm_min is not None and srm_min[0] < srm_threshold:
@@ -224,7 +220,7 @@ def evaluate_gate(
         hk = [k for k in work if k.name in harmed]
         rel = [-100.0 * k.g * k.eff.estimate for k in hk if k.eff.mode == "relative"]
         names = ", ".join(f"{k.name} (p={k.p_harm:.2g})" for k in hk)
-        return decision("rollback", f"harm beyond the margin in {names} (Holm at alpha={_fmt(alpha)})",
+        return decision("rollback", f"harm beyond the margin in {names} (Holm at alpha={_fmt(alpha)}; {judged})",
                         min(k.p_harm for k in hk), "rollback",
                         degradation_pct=max(rel) if rel else None, improvement_pct=None)
 
@@ -243,7 +239,7 @@ def evaluate_gate(
     if not missing and not not_ni and p_imp is not None and p_imp <= alpha:
         return decision("proceed",
                         f"every KPI non-inferior within its margin and weighted improvement "
-                        f"{100 * score:+.3g}% significant (p={p_imp:.2g} <= {_fmt(alpha)})",
+                        f"{100 * score:+.3g}% significant (p={p_imp:.2g} <= {_fmt(alpha)}; {judged})",
                         evidence, "proceed")
 
     # 5. Not yet, or never.
@@ -260,16 +256,21 @@ def evaluate_gate(
         why.append(f"weighted improvement {100 * score:+.3g}% not significant (p={p_imp:.2g})")
     reason = "; ".join(why) or "undecided"
     if final:
-        return decision("inconclusive", reason, evidence, inconclusive_act)
+        return decision("inconclusive", f"{reason} ({judged})", evidence, inconclusive_act)
     return decision("continue", reason, evidence, "continue")
+
+
+def _how(sp: Split) -> str:
+    seq = f"anytime mixture at {_fmt(sp.alpha_seq)}"
+    return f"{seq} + fixed-horizon Welch at {_fmt(sp.alpha_fix)}" if sp.uses_fixed else seq
 
 
 def _names(ks: list[_Kpi], min_n: int) -> str:
     return ", ".join(f"{k.name} (control {k.a.n}, canary {k.b.n}, need {min_n} per arm)" for k in ks)
 
 
-def _verdict(k: _Kpi, harmed: set[str], alpha: float, min_n: int) -> KpiVerdict:
-    spec, a, b, eff = k.spec, k.a, k.b, k.eff
+def _verdict(k: _Kpi, harmed: set[str], sp: Split, min_n: int) -> KpiVerdict:
+    spec, a, b, eff, alpha = k.spec, k.a, k.b, k.eff, sp.alpha
     if eff is None:
         return KpiVerdict(
             k.name, spec.direction, spec.critical, a.n, b.n,
@@ -281,17 +282,20 @@ def _verdict(k: _Kpi, harmed: set[str], alpha: float, min_n: int) -> KpiVerdict:
     good_lo = k.lo if k.g > 0 else -k.hi
     if k.name in harmed:
         verdict, p = "harm", k.p_harm
-        rule = f"harm beyond margin {_fmt(k.m)}{unit}: anytime p={k.p_harm:.3g}, rejected by Holm at {_fmt(alpha)}"
+        rule = f"harm beyond margin {_fmt(k.m)}{unit}: p={k.p_harm:.3g}, rejected by Holm at {_fmt(alpha)}"
     elif k.p_ni <= alpha and good_lo > 0.0:
         verdict, p = "improvement", k.p_ni
         rule = f"better than control: bound excludes 0, non-inferior (p={k.p_ni:.3g})"
     elif k.p_ni <= alpha:
         verdict, p = "non_inferior", k.p_ni
-        rule = f"non-inferior within margin {_fmt(k.m)}{unit} (anytime p={k.p_ni:.3g} <= {_fmt(alpha)})"
+        rule = f"non-inferior within margin {_fmt(k.m)}{unit} (p={k.p_ni:.3g} <= {_fmt(alpha)})"
     else:
         verdict, p = "neutral", min(k.p_ni, k.p_harm)
         rule = f"undecided: p(non-inferior)={k.p_ni:.3g}, p(harm)={k.p_harm:.3g}"
     return KpiVerdict(
-        k.name, spec.direction, spec.critical, a.n, b.n, a.mean, b.mean, eff.lift, eff.diff, p, verdict, rule,
+        k.name, spec.direction, spec.critical, a.n, b.n, a.mean, b.mean, eff.lift, eff.diff, p, verdict,
+        f"{rule} [{_how(sp)}]",
         mode=eff.mode, estimate=eff.estimate, interval=(k.lo, k.hi), se=eff.se, df=eff.df, margin=k.m,
-        p_harm=k.p_harm, p_noninferior=k.p_ni, srm_p=k.srm, srm_chi2_p=k.srm_chi2)
+        p_harm=k.p_harm, p_noninferior=k.p_ni, srm_p=k.srm, srm_chi2_p=k.srm_chi2,
+        p_harm_sequential=k.harm.p_seq, p_harm_fixed=k.harm.p_fix,
+        p_noninferior_sequential=k.ni.p_seq, p_noninferior_fixed=k.ni.p_fix)

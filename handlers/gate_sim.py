@@ -81,7 +81,8 @@ def run_paths(
     confidence: float = 0.95, min_samples: int = 30, traffic_fraction: float = 0.2,
     judge: Judge = evaluate_gate, **kw,
 ) -> tuple[list[str], np.ndarray, list[str]]:
-    """Run the gate at every look of every path until it decides.
+    """Run the gate at every look of every path until it decides (the last look is
+    ``final``; ``kw`` goes to the judge, e.g. ``sequential_alpha_share``).
     Returns the recommendations, the stopping look (1-based) and the reasons."""
     first = next(iter(arms.values()))[0]
     paths, looks = first.n.shape

@@ -108,3 +108,17 @@ def optimal_r_two_sided(alpha: float) -> float:
     ``r = 2 log(1/alpha) + log(1 + r)`` (about 16.6 for alpha = 0.001)."""
     big_l = -2.0 * math.log(alpha)
     return float(brentq(lambda r: r - big_l - math.log1p(r), 1e-9, 1e6))
+
+
+def t_sf(t: float, df: float) -> float:
+    """One-sided tail ``P(T > t)`` of Student's t on ``df`` (normal for huge df)."""
+    if df >= _DF_NORMAL or df <= 0:
+        return float(ndtr(-t))
+    return float(stdtr(df, -t))
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile of Student's t on ``df`` (normal for huge df)."""
+    if df >= _DF_NORMAL or df <= 0:
+        return float(ndtri(q))
+    return float(stdtrit(df, q))

@@ -6,9 +6,10 @@ import math
 
 import msgspec
 import pytest
+from scipy.stats import t as student_t
 
 from vvtv_autopilot.handlers import sequential as seq
-from vvtv_autopilot.handlers.gate import GateDecision, evaluate_gate
+from vvtv_autopilot.handlers.gate import DEFAULT_MIXTURE_TUNING, GateDecision, evaluate_gate
 from vvtv_autopilot.handlers.gate_fixed import evaluate_gate_fixed
 from vvtv_autopilot.handlers.stats import RunningStats
 from vvtv_autopilot.schemas.config import KpiSpec
@@ -76,7 +77,8 @@ def test_neutral_continues_then_is_inconclusive_at_deadline():
     assert d.recommendation == "inconclusive" and d.action == "extend" and d.extend
     # after the extension the look continues in information time (> 1)
     d = gate(kpis, {"conv": arm(9600, 1.0)}, {"conv": arm(2400, 1.1)}, elapsed_fraction=2.0)
-    assert d.recommendation == "proceed" and d.mixture_r == pytest.approx(2 * seq.optimal_r(0.05))
+    assert d.recommendation == "proceed" and not d.fixed_look   # the fixed look was spent at the deadline
+    assert d.mixture_r == pytest.approx(2 * seq.optimal_r(d.alpha_sequential) / DEFAULT_MIXTURE_TUNING)
 
 
 def test_small_harm_within_margin_is_tolerated_but_never_proceeds():
@@ -225,3 +227,70 @@ def test_any_statistics_give_an_encodable_decision():
                     side[name] = RunningStats(n, mean, m2)
         gate(kpis, c, k, final=bool(i % 2), elapsed_fraction=float(rng.choice([0.0, 0.01, 0.5, 1.0, 1.7])),
              min_samples=2, traffic_fraction=float(rng.choice([0.05, 0.2, 0.5])))
+
+
+def _harm_z(z: float, n_c: int = 4800, n_k: int = 1200):
+    """Control and canary arms whose relative lift sits ``z`` standard errors below -1 % (the margin)."""
+    lo, hi = 0.0, 0.5
+    for _ in range(80):
+        drop = (lo + hi) / 2
+        d = evaluate_gate({"k": UP}, {"k": arm(n_c, 1.0)}, {"k": arm(n_k, 1.0 - drop)},
+                          confidence=0.95, min_samples=30, final=False)
+        v = d.kpis[0]
+        t = -(v.estimate + v.margin) / v.se
+        lo, hi = (drop, hi) if t < z else (lo, drop)
+    return {"k": arm(n_c, 1.0)}, {"k": arm(n_k, 1.0 - hi)}
+
+
+def test_hybrid_p_value_is_the_union_of_the_mixture_and_the_deadline_welch_test():
+    c, k = _harm_z(2.2)
+    s = 0.3
+    mid = gate({"k": UP}, c, k, elapsed_fraction=0.6, sequential_alpha_share=s)
+    v = mid.kpis[0]
+    assert not mid.fixed_look and v.p_harm_fixed is None and v.p_noninferior_fixed is None
+    assert v.p_harm == pytest.approx(min(1.0, v.p_harm_sequential / s))
+    assert mid.alpha_sequential == pytest.approx(0.015) and mid.alpha_fixed == pytest.approx(0.035)
+    end = gate({"k": UP}, c, k, final=True, sequential_alpha_share=s)
+    v = end.kpis[0]
+    assert end.fixed_look and end.method == "hybrid-msprt+welch"
+    assert v.p_harm_fixed == pytest.approx(float(student_t.sf(2.2, v.df)), rel=1e-6)
+    assert v.p_harm == pytest.approx(min(1.0, v.p_harm_sequential / s, v.p_harm_fixed / (1 - s)))
+    assert v.p_harm_fixed + v.p_noninferior_fixed == pytest.approx(1.0)
+    # the reported bounds agree with the tests: harm is rejected exactly when the upper bound is below -margin
+    assert (v.p_harm <= 0.05) == (v.interval[1] < -v.margin)
+    # the deadline bound is the tighter Welch one (one-sided at alpha_fix)
+    assert v.interval[1] - v.estimate == pytest.approx(v.se * float(student_t.isf(0.035, v.df)))
+
+
+def test_the_deadline_look_catches_a_moderate_harm_the_mixture_alone_misses():
+    c, k = _harm_z(2.2)   # one-sided Welch p ~ 0.014 < 0.035; far from the mixture's boundary
+    for frac in (0.3, 0.6, 0.99):
+        assert gate({"k": UP}, c, k, elapsed_fraction=frac).recommendation == "continue"
+    d = gate({"k": UP}, c, k, final=True)
+    assert d.recommendation == "rollback" and "fixed-horizon Welch at 0.035" in d.reason
+    pure = gate({"k": UP}, c, k, final=True, sequential_alpha_share=1.0)
+    assert pure.recommendation == "inconclusive" and pure.method == "msprt-normal-mixture"
+    assert not pure.fixed_look and pure.kpis[0].p_harm_fixed is None
+    assert pure.mixture_r == pytest.approx(seq.optimal_r(0.05) / 0.5)
+    # and a z of 1.7 is not enough at alpha_fix = 0.035 (Welch one-sided would need 1.81)
+    c, k = _harm_z(1.7)
+    assert gate({"k": UP}, c, k, final=True).recommendation == "inconclusive"
+
+
+def test_the_fixed_look_is_spent_once():
+    c, k = _harm_z(2.2, 9600, 2400)
+    # the extension's deadline (elapsed ~ 2): the mixture alone, the fixed look was spent at 1
+    d = gate({"k": UP}, c, k, final=True, elapsed_fraction=2.0)
+    assert not d.fixed_look and d.kpis[0].p_harm_fixed is None and d.recommendation == "inconclusive"
+    assert "Welch" not in d.reason
+    # a late first deadline still gets it; the caller can force either way
+    assert gate({"k": UP}, c, k, final=True, elapsed_fraction=1.2).fixed_look
+    assert gate({"k": UP}, c, k, final=True, elapsed_fraction=2.0, fixed_look=True).recommendation == "rollback"
+    assert not gate({"k": UP}, c, k, final=True, fixed_look=False).fixed_look
+
+
+def test_hybrid_arguments_are_checked():
+    for kw in ({"sequential_alpha_share": 0.0}, {"sequential_alpha_share": 1.2},
+               {"mixture_tuning_fraction": 0.0}, {"mixture_tuning_fraction": math.inf}):
+        with pytest.raises(ValueError):
+            evaluate_gate({"k": UP}, {}, {}, confidence=0.95, min_samples=30, final=True, **kw)
