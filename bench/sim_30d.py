@@ -46,7 +46,7 @@ def run(seed: int, days: int, *, weight: float, faults: bool) -> dict:
     return {"seed": seed, "w": weight, "cycles": len(world.cycles), "dep": out["Deployed"], "rb": out["RolledBack"],
             "noch": out["NoChange"], "fail": out["Failed"] + out["Aborted"], "g0": g["vs_day0_pct"],
             "gn": g["vs_nothing_pct"], "gopt": g["vs_optimum_pct"], "err": g["error_vs_nothing_pct"],
-            "pauses": len(world.pauses), "pdays": paused_days, "drift": len(world.ap.state.drift_events),
+            "pauses": len(world.pauses), "pdays": paused_days, "drift": len(world.drift_events),
             "harm": harmful, "crash": len(world.crashes), "dup": world.duplicates_skipped,
             "ms": 1000 * wall / days, "wend": g["w_end"], "opt": g["opt_end"]}
 

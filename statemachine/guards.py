@@ -62,7 +62,13 @@ def summarize(cycle: "Cycle") -> CycleSummary:
 
 
 def after_cycle(ap: "Autopilot", step: Step, cycle: "Cycle") -> None:
-    ap.state.summaries = (ap.state.summaries + [summarize(cycle)])[-MAX_SUMMARIES:]
+    # Only what the monitor's and the triage's windows can see is kept: the
+    # state is written with every transaction, so it must stay small.
+    cfg = ap.config.autopilot
+    days = max(cfg.drift_monitoring.monitoring_window_days, cfg.incident_triage.analysis_window_days) + 1
+    horizon = rfc3339(step.now - timedelta(days=days))
+    ap.state.summaries = [c for c in ap.state.summaries if c.ended_at >= horizon][-(MAX_SUMMARIES - 1):] + [summarize(cycle)]
+    ap.state.drift_events = [e for e in ap.state.drift_events if e.detected_at >= horizon]
     ap.state_dirty = True
     check(ap, step)
 

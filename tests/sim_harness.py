@@ -232,6 +232,7 @@ class SimWorld:
         self.paused_before: list[bool] = []
         self.violations: list[str] = []
         self.pauses: list[tuple[datetime, datetime, str]] = []   # (from, until, by)
+        self.drift_events: list = []                              # every DriftEvent the core raised
         self.crashes: list[tuple[datetime, str | None, str | None]] = []  # (at, cycle, state)
         self.daily_live: list[dict[str, float]] = []              # per day end: w, true KPIs, optimum
         self._stormed: set[int] = set()
@@ -323,6 +324,7 @@ class SimWorld:
         if self.ap.state.card_version != version_before and not isinstance(ib.event, Boot):   # a Boot adopts the disk card
             self.card_changes.append((self.now, version_before, self.ap.state.card_version))
             self.card_change_steps.append(step)
+        self.drift_events.extend(step.drift_rows)   # the state keeps only the monitor's window of them
         for e in step.effects:   # every pause the core ordered (one step may order two: fail-safe, then drift)
             if e.kind == "publish" and e.subject == "autopilot.evt.alert" and e.body.get("kind") == "paused":
                 self.pauses.append((self.now, parse_time(e.body["until"]), e.body.get("actor") or ""))

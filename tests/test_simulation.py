@@ -221,7 +221,7 @@ def test_faults_alert_storm_rolls_back_and_pauses(faulty_run: SimWorld):
     c = by_no(w)[11]
     gated = [t for t in c.transitions if t.to == "Gated"][0]
     assert gated.detail["rule"] == "critical alert" and c.outcome == "RolledBack"
-    instab = [e for e in w.ap.state.drift_events if e.event_type == "SystemInstability"]
+    instab = [e for e in w.drift_events if e.event_type == "SystemInstability"]
     assert len(instab) == 1
     assert any(by == "drift-monitor" and a.isoformat().replace("+00:00", "Z") == instab[0].detected_at
                for a, _, by in w.pauses)
