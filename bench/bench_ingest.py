@@ -11,11 +11,12 @@ published with ``js.publish_async`` from a separate connection.
 
 Rows, per message size:
 - ``publish``: publish_async of all messages until every PubAck is back (no consumer);
-- ``baseline``: a plain durable pull consumer (explicit ack, same settings as the
-  service's), ``fetch(--batch)``, ``msg.metadata``, msgspec decode to ``MetricBatch``
-  and ``ack`` per message; no numpy, no core, no store;
-- ``full``: the service: fetch, decode, reduce to sufficient stats, step the core,
-  one SQLite transaction per fetched batch (``synchronous=FULL``), ack. Done when
+- ``baseline``: the service's transport and nothing else: a durable push consumer
+  with ``AckPolicy.ALL`` (same settings as the service's), batches of ``--batch``,
+  ``msg.metadata`` and a msgspec decode to ``MetricBatch`` per message, one ack per
+  batch; no numpy, no core, no store;
+- ``full``: the service: the same consumer, decode, reduce to sufficient stats, step
+  the core, one SQLite transaction per batch (``synchronous=FULL``), one ack. Done when
   ``await service.store.counters()`` shows ``live_samples == messages * samples``.
 
 Modes:
@@ -49,7 +50,6 @@ from pathlib import Path
 import msgspec
 import nats
 import numpy as np
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from vvtv_autopilot.infra import bus as busmod
@@ -130,33 +130,50 @@ class Run:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-# --- baseline: a plain pull consumer ------------------------------------------------------------
+# --- baseline: the same transport, nothing else ---------------------------------------------------
+
+class _Buffer:
+    def __init__(self) -> None:
+        self.msgs: list = []
+        self.ready = asyncio.Event()
+
+    async def on_msg(self, msg) -> None:
+        self.msgs.append(msg)
+        self.ready.set()
+
 
 async def _baseline_setup(run: Run, batch: int):
     pub = (await run.connect()).jetstream()
     await pub.add_stream(StreamConfig(name="BENCH", subjects=["bench.metrics.>"], max_age=7 * 86400.0))
     cons = (await run.connect()).jetstream()
-    await cons.add_consumer("BENCH", ConsumerConfig(
-        durable_name="bench", filter_subject="bench.metrics.>", ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL, ack_wait=60.0, max_ack_pending=20_000, max_deliver=-1))
-    sub = await cons.pull_subscribe_bind(durable="bench", stream="BENCH")
-    return pub, sub
+    cfg = ConsumerConfig(
+        durable_name="bench", filter_subject="bench.metrics.>", ack_policy=AckPolicy.ALL,
+        deliver_policy=DeliverPolicy.ALL, deliver_subject="_INBOX.bench.metrics", ack_wait=60.0,
+        max_ack_pending=20_000, max_deliver=-1, flow_control=True, idle_heartbeat=5.0)
+    await cons.add_consumer("BENCH", cfg)
+    buf = _Buffer()
+    await cons.subscribe_bind("BENCH", cfg, "bench", cb=buf.on_msg, manual_ack=True)
+    return pub, buf
 
 
-async def _baseline_consume(sub, total: int, batch: int) -> float:
+async def _baseline_consume(buf: "_Buffer", total: int, batch: int) -> float:
     dec = msgspec.json.Decoder(MetricBatch)
     got = 0
     deadline = time.perf_counter() + DEADLINE
     while got < total and time.perf_counter() < deadline:
         try:
-            msgs = await sub.fetch(batch, timeout=1.0)
-        except NatsTimeout:
+            await asyncio.wait_for(buf.ready.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
             continue
-        for msg in msgs:
-            _ = msg.metadata.sequence.stream
-            dec.decode(msg.data)
-            await msg.ack()
-        got += len(msgs)
+        buf.ready.clear()
+        while buf.msgs:
+            msgs = buf.msgs[:batch]
+            del buf.msgs[:batch]
+            for msg in msgs:
+                _ = msg.metadata.sequence.stream
+                dec.decode(msg.data)
+            await msgs[-1].ack()
+            got += len(msgs)
     if got < total:
         raise RuntimeError(f"baseline consumed {got} of {total} within {DEADLINE}s")
     return time.perf_counter()

@@ -21,8 +21,9 @@ def metric_inbound(subject: str, data: bytes, stream: str, seq: int, at: str) ->
     if batch.kpi != token:
         raise MessageError(f"`kpi` is {batch.kpi!r} but the subject's last token is {token!r}")
     values = np.asarray(batch.values, dtype=np.float64)
-    mean = float(values.mean())
-    m2 = float(((values - mean) ** 2).sum())
+    mean = float(values.sum()) / values.size
+    deviations = values - mean
+    m2 = float(deviations @ deviations)
     key = f"msg:{batch.kpi}:{batch.msg_id}" if batch.msg_id else f"{stream}:{seq}"
     event = MetricStats(batch.kpi, batch.arm, batch.version_id, int(values.size), mean, m2, rfc3339(batch.window_end))
     return Inbound(key=key, subject=subject, at=at, event=event, stream_seq=seq)

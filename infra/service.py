@@ -83,6 +83,8 @@ class Service:
         self.embedded: EmbeddedNats | None = None
         self._lock = asyncio.Lock()
         self.relay: OutboxRelay | None = None
+        self._metrics: list = []                 # delivered by the push consumer, not yet committed
+        self._metrics_ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.listeners: list[Callable[[Step], Awaitable[None] | None]] = []
@@ -100,6 +102,7 @@ class Service:
         self.js = self.nc.jetstream(timeout=self.config.bus.request_timeout_seconds)
         await busmod.ensure_streams(self.js, self.config)
         subs = await busmod.ensure_consumers(self.js, self.config)
+        await busmod.subscribe_metrics(self.js, self.config, self._on_metric)
         await self.nc.subscribe(self.subjects.ctl(), cb=self._on_ctl)
         self.relay = OutboxRelay(self.config, self.store, self.nc, self.js, self.card, self._process, self._stopping)
         await self.relay.run_once()  # unsent effects of the previous run first (e.g. a card write)
@@ -107,7 +110,7 @@ class Service:
         await self._process([Inbound(key=f"boot:{uuid.uuid4().hex}", subject="boot", at=utcnow(),
                                      event=Boot(card=card, card_version=version_id(card)))])
         self._tasks = [
-            asyncio.create_task(self._pull(subs["autopilot-metrics"], "metrics"), name="metrics"),
+            asyncio.create_task(self._ingest_metrics(), name="metrics"),
             asyncio.create_task(self._pull(subs["autopilot-alerts"], "alerts"), name="alerts"),
             asyncio.create_task(self._pull(subs["autopilot-cmd"], "commands"), name="commands"),
             asyncio.create_task(self._pull(subs["autopilot-timers"], "timers"), name="timers"),
@@ -152,10 +155,11 @@ class Service:
     # --- inbound --------------------------------------------------------------------------------
 
     async def _pull(self, sub, kind: str) -> None:
+        """Alerts, commands and timers: a durable pull consumer, each message acked."""
         stream = getattr(self.config.bus.streams, kind)
         while not self._stopping.is_set():
             try:
-                msgs = await sub.fetch(self.batch_size if kind == "metrics" else 100, timeout=1.0)
+                msgs = await sub.fetch(100, timeout=1.0)
             except (NatsTimeout, asyncio.TimeoutError):  # nothing there: fetch raises, never returns []
                 continue
             except asyncio.CancelledError:
@@ -164,27 +168,56 @@ class Service:
                 log.warning("fetch from %s failed: %r", stream, exc)
                 await asyncio.sleep(0.5)
                 continue
-            good, bad = [], []
-            for msg in msgs:
-                meta = msg.metadata
-                at = rfc3339(meta.timestamp) if meta.timestamp else utcnow()
-                try:
-                    good.append((self._decode(kind, msg, stream, meta.sequence.stream, at), msg))
-                except MessageError as exc:
-                    bad.append((msg, str(exc)))
-            try:
-                for msg, reason in bad:
-                    await self._dead_letter(msg.subject, msg.data, reason)
-                if good:
-                    await self._process([ib for ib, _ in good])
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # not acked: JetStream redelivers after ack_wait, the inbox dedupes
-                log.exception("processing a batch from %s failed; it will be redelivered", stream)
-                await asyncio.sleep(1.0)
+            if not await self._handle_batch(kind, stream, msgs):
+                await asyncio.sleep(1.0)  # not acked: JetStream redelivers after ack_wait, the inbox dedupes
                 continue
             for msg in msgs:
                 await msg.ack()
+
+    async def _on_metric(self, msg) -> None:
+        self._metrics.append(msg)
+        self._metrics_ready.set()
+
+    async def _ingest_metrics(self) -> None:
+        """Metrics: batches from the push consumer's buffer, one transaction and
+        one ack (AckPolicy.ALL) per batch; a failed batch is retried, never skipped."""
+        stream = self.config.bus.streams.metrics
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._metrics_ready.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                continue
+            self._metrics_ready.clear()
+            while self._metrics and not self._stopping.is_set():
+                batch = self._metrics[: self.batch_size]
+                if not await self._handle_batch("metrics", stream, batch):
+                    await asyncio.sleep(1.0)
+                    continue
+                del self._metrics[: len(batch)]
+                await batch[-1].ack()
+
+    async def _handle_batch(self, kind: str, stream: str, msgs: list) -> bool:
+        """Validate, dead-letter the bad, commit the good; False when it failed
+        (then nothing may be acknowledged)."""
+        good, bad = [], []
+        for msg in msgs:
+            meta = msg.metadata
+            at = rfc3339(meta.timestamp) if meta.timestamp else utcnow()
+            try:
+                good.append(self._decode(kind, msg, stream, meta.sequence.stream, at))
+            except MessageError as exc:
+                bad.append((msg, str(exc)))
+        try:
+            if good:
+                await self._process(good)
+            for msg, reason in bad:
+                await self._dead_letter(msg.subject, msg.data, reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("processing a batch from %s failed; it will be retried", stream)
+            return False
+        return True
 
     def _decode(self, kind: str, msg, stream: str, seq: int, at: str) -> Inbound:
         if kind == "metrics":

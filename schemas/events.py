@@ -24,7 +24,7 @@ class MetricStats(msgspec.Struct, frozen=True, tag="metric"):
     n: int
     mean: float
     m2: float
-    window_end: str
+    window_end: str          # canonical RFC 3339 in UTC ("...Z"), as infra writes it
 
 
 class AlertEvent(msgspec.Struct, frozen=True, tag="alert"):

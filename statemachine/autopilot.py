@@ -137,12 +137,13 @@ class Autopilot:
             return
         stats = RunningStats(ev.n, ev.mean, ev.m2)
         if ev.arm == "live":
-            end = parse_time(ev.window_end)
-            bucket = rfc3339(end.replace(minute=0, second=0, microsecond=0))
+            # window_end is canonical RFC 3339 UTC ("YYYY-MM-DDTHH:MM:SS[.ffffff]Z"):
+            # its hour is its first 13 characters, and such keys sort as times.
+            bucket = ev.window_end[:13] + ":00:00Z"
             buckets = self.state.live.setdefault(ev.kpi, {})
             buckets[bucket] = buckets.get(bucket, RunningStats()).merge(stats)
             if len(buckets) > self.config.autopilot.analysis_window_hours + 2:
-                # Bucket keys are RFC 3339 hours: as strings they sort as times.
+                end = parse_time(ev.window_end)
                 horizon = rfc3339((end - timedelta(hours=self.config.autopilot.analysis_window_hours + 1))
                                   .replace(minute=0, second=0, microsecond=0))
                 for old in [b for b in buckets if b < horizon]:

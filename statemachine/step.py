@@ -24,7 +24,7 @@ class Step:
     def __init__(self, inbound: Inbound):
         self.inbound = inbound
         self.at: str = inbound.at
-        self.now: datetime = parse_time(inbound.at)
+        self._now: datetime | None = None
         self.cause: dict[str, Any] = {"subject": inbound.subject, "key": inbound.key}
         if inbound.stream_seq is not None:
             self.cause["stream_seq"] = inbound.stream_seq
@@ -39,6 +39,13 @@ class Step:
         self.drift_rows: list[Any] = []             # DriftEvents to store
         self.triage_rows: list[Any] = []            # TriageReports to store
         self._n = 0
+
+    @property
+    def now(self) -> datetime:
+        """The event's time as a datetime, parsed on first use (a metric step never needs it)."""
+        if self._now is None:
+            self._now = parse_time(self.at)
+        return self._now
 
     def next_id(self, purpose: str) -> str:
         self._n += 1
