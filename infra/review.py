@@ -10,6 +10,7 @@ import msgspec
 
 from ..handlers.golden import GoldenSet
 from ..schemas.config import Config
+from ..schemas.errors import StoreError
 from ..statemachine.replay import compare, replay_cycle
 from .history import ParameterHistory
 from .store import Store
@@ -18,8 +19,6 @@ from .store import Store
 def _store_path(config: Config) -> Path:
     path = Path(config.storage.data_dir) / "autopilot.db"
     if not path.exists():
-        from ..schemas.errors import StoreError
-
         raise StoreError(f"no store at {path}: pass --data-dir of a service that has run")
     return path
 
