@@ -13,24 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 import msgspec
 
 from ..schemas.config import Config
 from ..schemas.events import ApplyResult, Effect, GoldenResult, Inbound
-from ..schemas.messages import rfc3339
 from . import bus as busmod
 from .cardfile import CardFile
+from .clock import utcnow
 from .store import Store
 
 log = logging.getLogger("vvtv_autopilot.relay")
 _enc = msgspec.json.Encoder()
-
-
-def utcnow() -> str:
-    return rfc3339(datetime.now(timezone.utc))
 
 
 class OutboxRelay:

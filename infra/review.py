@@ -35,11 +35,8 @@ async def history(config: Config, args: argparse.Namespace) -> int:
                 mark = "*" if v["current"] else " "
                 print(f"{mark} {v['version_id'][:16]}  {v['timestamp']}  {v.get('rationale', '')[:60]}")
         return 0
-    store = await Store.open(_store_path(config))
-    try:
+    async with await Store.open(_store_path(config)) as store:
         rows = await store.cycles(args.limit)
-    finally:
-        await store.close()
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -51,11 +48,8 @@ async def history(config: Config, args: argparse.Namespace) -> int:
 
 
 async def bounds(config: Config, args: argparse.Namespace) -> int:
-    store = await Store.open(_store_path(config))
-    try:
+    async with await Store.open(_store_path(config)) as store:
         rows = await store.bounds()
-    finally:
-        await store.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -69,12 +63,9 @@ async def bounds(config: Config, args: argparse.Namespace) -> int:
 
 
 async def triage(config: Config, args: argparse.Namespace) -> int:
-    store = await Store.open(_store_path(config))
-    try:
+    async with await Store.open(_store_path(config)) as store:
         reports = await store.triage_reports(args.limit)
         drift = await store.drift_events(20)
-    finally:
-        await store.close()
     if args.json:
         print(json.dumps({"reports": reports, "drift_events": drift}, indent=2))
         return 0
@@ -95,16 +86,13 @@ async def triage(config: Config, args: argparse.Namespace) -> int:
 
 
 async def replay(config: Config, args: argparse.Namespace) -> int:
-    store = await Store.open(_store_path(config))
-    try:
+    async with await Store.open(_store_path(config)) as store:
         start = await store.cycle_start(args.cycle_id)
         if start is None:
             print(f"no cycle {args.cycle_id} in the store")
             return 1
         inbounds = await store.inbox_from(start.inbox_key)
         recorded = await store.transitions(args.cycle_id)
-    finally:
-        await store.close()
     golden = None if start.golden is None else msgspec.json.decode(start.golden, type=GoldenSet)
     replayed = replay_cycle(Config.model_validate_json(start.config), start.state_before, inbounds, args.cycle_id,
                             golden=golden)

@@ -31,6 +31,7 @@ from ..statemachine import Autopilot, AutopilotState, CycleData
 from ..statemachine.step import Step
 from . import bus as busmod
 from .cardfile import CardFile
+from .clock import utcnow
 from .relay import OutboxRelay
 from .inbound import alert_inbound, command_event, excerpt, metric_inbound
 from .natsserver import EmbeddedNats
@@ -59,10 +60,6 @@ def load_golden_set(config: Config) -> GoldenSet | None:
         return parse_golden_set(Path(config.golden.cases_file).read_bytes())
     except (OSError, ValueError, msgspec.MsgspecError) as exc:
         raise ConfigError([("golden.cases_file", str(config.golden.cases_file), f"cannot be used: {exc}")]) from None
-
-
-def utcnow() -> str:
-    return rfc3339(datetime.now(timezone.utc))
 
 
 class Service:

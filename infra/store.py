@@ -176,6 +176,12 @@ class Store:
     async def close(self) -> None:
         await self._db.close()
 
+    async def __aenter__(self) -> "Store":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     # --- the one transaction per inbound event or batch ---------------------------------------
 
     async def seen(self, keys: Iterable[str]) -> set[str]:
