@@ -80,6 +80,22 @@ async def connect(url: str, *, name: str = "vvtv-autopilot", connect_timeout: fl
         raise BusError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
 
 
+async def barrier(nc: nats.NATS, timeout: float = 10.0) -> None:
+    """Return once the server has processed everything this connection has sent.
+
+    ``flush()`` alone does not promise that in nats-py 2.16: it writes its PING
+    straight to the socket, ahead of commands still queued for the flusher task
+    (a SUB made a moment ago), so its PONG can come back before the server has
+    seen the SUB. Measured on a loaded 2-core machine: a publish from another
+    connection right after subscribe + flush missed the subscriber in about one
+    run in six. The first flush kicks the flusher, which hands the queued
+    commands to the transport before the PONG can be read; the second PING then
+    follows them on the wire, so its PONG proves they were processed.
+    """
+    await nc.flush(timeout)
+    await nc.flush(timeout)
+
+
 async def ensure_streams(js, config: Config) -> None:
     """Create the streams the contract needs when absent; bind when present."""
     s = Subjects(config.bus.prefix)

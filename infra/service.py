@@ -101,6 +101,7 @@ class Service:
         subs = await busmod.ensure_consumers(self.js, self.config)
         await busmod.subscribe_metrics(self.js, self.config, self._on_metric)
         await self.nc.subscribe(self.subjects.ctl(), cb=self._on_ctl)
+        await busmod.barrier(self.nc)  # start() returned => control requests find their responder
         self.relay = OutboxRelay(self.config, self.store, self.nc, self.js, self.card, self._process, self._stopping)
         await self.relay.run_once()  # unsent effects of the previous run first (e.g. a card write)
         card = self.card.load_or_init(self.config)

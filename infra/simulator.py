@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 
 from ..schemas.messages import rfc3339
+from .bus import barrier
 
 Surface = Callable[[dict[str, float]], dict[str, tuple[float, float]]]
 
@@ -59,6 +60,7 @@ class SimulatedVVTV:
     async def start(self, tick: float = 0.25) -> None:
         self._subs.append(await self.nc.subscribe(f"{self.prefix}.business_logic.apply", cb=self._on_apply))
         self._subs.append(await self.nc.subscribe(f"{self.prefix}.golden.validate", cb=self._on_golden))
+        await barrier(self.nc)  # start() returned => the autopilot's requests find their responders
         self._task = asyncio.create_task(self._publish_loop(tick))
 
     async def stop(self) -> None:

@@ -21,6 +21,7 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile("dev", deadline=None, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+from vvtv_autopilot.infra.bus import barrier
 from vvtv_autopilot.infra.natsserver import EmbeddedNats
 from vvtv_autopilot.infra.service import Service
 from vvtv_autopilot.infra.simulator import SimulatedVVTV
@@ -82,6 +83,7 @@ class Events:
 
         await nc.subscribe(f"{prefix}.autopilot.evt.>", cb=on)
         await nc.subscribe(f"{prefix}.autopilot.dlq", cb=on)
+        await barrier(nc, WAIT)  # the server has both SUBs before any test publishes
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [body for subject, body in self.items if subject.endswith("." + kind) or subject.endswith(kind)]

@@ -20,6 +20,8 @@ import nats
 import pytest
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
+from vvtv_autopilot.infra.bus import barrier
+
 CONF = Path(__file__).resolve().parent.parent / "infra" / "nats-permissions.conf"
 PASSWORDS = {"autopilot": "example-autopilot-password", "operator": "example-operator-password", "vvtv": "example-vvtv-password"}
 _LISTEN = re.compile(r"Listening for client connections on ([0-9.]+):(\d+)")
@@ -135,7 +137,7 @@ async def _control_responder(autopilot: _Client, received: list[tuple[str, dict]
         await msg.respond(json.dumps({"ok": True, "error": None, "state": "idle", "cycle_id": None}).encode())
 
     sub = await autopilot.nc.subscribe("vvtv.autopilot.ctl.>", cb=handle)
-    await autopilot.nc.flush(timeout=WAIT)
+    await barrier(autopilot.nc, WAIT)
     return sub
 
 
@@ -187,7 +189,7 @@ async def test_vvtv_service_control_request_is_refused(connect) -> None:
 async def test_publish_outside_a_users_permissions_is_refused(connect, user: str, subject: str) -> None:
     client = await connect(user)
     await client.nc.publish(subject, b'{"forged": true}')
-    await client.nc.flush(timeout=WAIT)
+    await barrier(client.nc, WAIT)
     assert "permissions violation" in await client.violation_for(subject)
 
 
@@ -205,20 +207,20 @@ async def test_allowed_paths_work_end_to_end(connect) -> None:
         await msg.respond(json.dumps({"applied": True, "arm": "live", "error": None}).encode())
 
     await vvtv.nc.subscribe("vvtv.business_logic.apply", cb=deployer)
-    await vvtv.nc.flush(timeout=WAIT)
+    await barrier(vvtv.nc, WAIT)
     reply = await autopilot.nc.request("vvtv.business_logic.apply", b'{"arm": "live"}', timeout=WAIT)
     assert json.loads(reply.data)["applied"] is True
 
     # The operator may watch the autopilot's events, which only the autopilot publishes.
     events = await operator.nc.subscribe("vvtv.autopilot.evt.>")
-    await operator.nc.flush(timeout=WAIT)
+    await barrier(operator.nc, WAIT)
     await autopilot.nc.publish("vvtv.autopilot.evt.command", b'{"ok": true}')
     msg = await events.next_msg(timeout=WAIT)
     assert msg.subject == "vvtv.autopilot.evt.command"
 
     # The AlertEngine may pause the autopilot durably.
     await vvtv.nc.publish("vvtv.autopilot.cmd.pause", b'{"actor": "alert-engine"}')
-    await vvtv.nc.flush(timeout=WAIT)
+    await barrier(vvtv.nc, WAIT)
     assert autopilot.errors == vvtv.errors == operator.errors == []
 
 
