@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
@@ -66,18 +67,28 @@ CONSUMERS = {
 }
 
 
-async def connect(url: str, *, name: str = "vvtv-autopilot", connect_timeout: float = 5.0, **callbacks) -> nats.NATS:
+async def connect(url: str, *, name: str = "vvtv-autopilot", connect_timeout: float = 5.0,
+                  inbox_prefix: str = "_INBOX", **options) -> nats.NATS:
+    """Connect with the service's defaults (reconnect for ever, every half second,
+    log async errors); ``options`` are nats-py ``connect`` options and win over them."""
     async def _error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
 
-    callbacks.setdefault("error_cb", _error)
+    settings = {"allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "error_cb": _error}
+    settings.update(options)
     try:
-        return await nats.connect(
-            url, name=name, connect_timeout=connect_timeout, allow_reconnect=True,
-            max_reconnect_attempts=-1, reconnect_time_wait=0.5, **callbacks,
-        )
+        return await nats.connect(url, name=name, connect_timeout=connect_timeout, inbox_prefix=inbox_prefix, **settings)
     except Exception as exc:  # nats-py raises several unrelated types here
-        raise BusError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
+        raise BusError(f"cannot reach NATS at {redact(url)}: {exc or type(exc).__name__}") from exc
+
+
+def redact(url: str) -> str:
+    """The URL without its password (``nats://user:secret@host`` -> ``nats://user:***@host``), for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 async def barrier(nc: nats.NATS, timeout: float = 10.0) -> None:
@@ -150,7 +161,7 @@ async def subscribe_metrics(js, config: Config, cb, *, ack_wait: float = 60.0):
     stream = config.bus.streams.metrics
     cfg = ConsumerConfig(
         durable_name=METRICS_DURABLE, filter_subject=s.metrics(), ack_policy=AckPolicy.ALL,
-        deliver_policy=DeliverPolicy.ALL, deliver_subject=f"_INBOX.vvtv-autopilot.{stream}",
+        deliver_policy=DeliverPolicy.ALL, deliver_subject=f"{config.bus.inbox_prefix}.vvtv-autopilot.{stream}",
         ack_wait=ack_wait, max_ack_pending=20_000, max_deliver=-1, flow_control=True, idle_heartbeat=5.0,
     )
     try:

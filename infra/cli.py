@@ -15,6 +15,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -46,6 +47,15 @@ def _change(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{value!r} in {text!r} is not a number") from None
 
 
+_SUBJECT_TOKENS = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+def _inbox_prefix(text: str) -> str:
+    if not _SUBJECT_TOKENS.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a NATS subject prefix (tokens of letters, digits, _ and -, joined by dots)")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="YAML configuration file")
@@ -53,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, help="data folder (store, history, card, embedded server)")
     common.add_argument("--json", action="store_true", help="print data as JSON")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the service (default 10)")
+    common.add_argument("--inbox-prefix", type=_inbox_prefix, default=os.environ.get("NATS_INBOX_PREFIX", "_INBOX"),
+                        help="where this command's replies arrive (default: $NATS_INBOX_PREFIX, else _INBOX); "
+                             "with per-user permissions, the operator's own prefix")
     common.add_argument("-v", "--verbose", action="store_true")
     p = argparse.ArgumentParser(prog="vvtv-autopilot", description="The VVTV autopilot: safe daily parameter tuning.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -107,13 +120,24 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str) if args.json else text)
 
 
-async def _request(config: Config, verb: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-    from .bus import connect
+async def _request(config: Config, verb: str, body: dict[str, Any], timeout: float, inbox_prefix: str = "_INBOX") -> dict[str, Any]:
+    from .bus import connect, redact
+
+    async def _quiet(exc: Exception) -> None:
+        pass  # a failed attempt is reported once, below, as a BusError
 
     url = config.bus.url
     if url is None:
         raise BusError("no NATS URL: pass --nats-url or set NATS_URL (the service's embedded server logs its URL)")
-    nc = await connect(url, connect_timeout=min(timeout, 5.0), max_reconnect_attempts=0)
+    # A one-shot command: a retry at most (nats-py reads max_reconnect_attempts=0 as
+    # "for ever"), bounded by --timeout, then a clear error.
+    try:
+        nc = await asyncio.wait_for(
+            connect(url, connect_timeout=min(timeout, 5.0), allow_reconnect=False, max_reconnect_attempts=1,
+                    inbox_prefix=inbox_prefix, name="vvtv-autopilot-cli", error_cb=_quiet),
+            timeout=timeout)
+    except asyncio.TimeoutError:
+        raise BusError(f"cannot reach NATS at {redact(url)} within {timeout}s") from None
     try:
         msg = await nc.request(f"{config.bus.prefix}.autopilot.ctl.{verb}", json.dumps(body).encode(), timeout=timeout)
         return json.loads(msg.data)
@@ -151,7 +175,7 @@ async def _main(args: argparse.Namespace) -> int:
 
         return await run_demo(config, cycles=args.cycles, as_json=args.json)
     if args.command == "triage" and args.run:
-        reply = await _request(config, "triage", {"actor": args.actor}, args.timeout)
+        reply = await _request(config, "triage", {"actor": args.actor}, args.timeout, args.inbox_prefix)
         _print(args, reply, f"report {reply.get('report_id')}: {reply.get('failure_counts')}, "
                             f"{reply.get('patch_suggestions')} patch suggestion(s)" if reply.get("ok") else f"refused: {reply.get('error')}")
         return EXIT_OK if reply.get("ok") else EXIT_REFUSED
@@ -160,7 +184,7 @@ async def _main(args: argparse.Namespace) -> int:
 
         return await getattr(review, args.command)(config, args)
     body = {} if args.command == "status" else _body(args)
-    reply = await _request(config, args.command, body, args.timeout)
+    reply = await _request(config, args.command, body, args.timeout, args.inbox_prefix)
     if args.command == "status":
         text = f"state: {reply.get('state')}  cycle: {reply.get('cycle_id') or '-'}  card: {(reply.get('card_version') or '')[:12]}"
         if reply.get("paused"):

@@ -95,7 +95,7 @@ class Service:
         if self.nats_url is None:
             self.embedded = EmbeddedNats(self.data_dir / "nats")
             self.nats_url = await self.embedded.start()
-        self.nc = await busmod.connect(self.nats_url)
+        self.nc = await busmod.connect(self.nats_url, inbox_prefix=self.config.bus.inbox_prefix)
         self.js = self.nc.jetstream(timeout=self.config.bus.request_timeout_seconds)
         await busmod.ensure_streams(self.js, self.config)
         subs = await busmod.ensure_consumers(self.js, self.config)
@@ -114,7 +114,7 @@ class Service:
             asyncio.create_task(self._pull(subs["autopilot-timers"], "timers"), name="timers"),
             asyncio.create_task(self.relay.run(), name="relay"),
         ]
-        log.info("autopilot up on %s, data in %s", self.nats_url, self.data_dir)
+        log.info("autopilot up on %s, data in %s", busmod.redact(self.nats_url), self.data_dir)
 
     async def stop(self) -> None:
         self._stopping.set()

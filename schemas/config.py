@@ -113,6 +113,10 @@ class StreamNames(_Strict):
 class BusConfig(_Strict):
     url: str | None = None
     prefix: str = Field("vvtv", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    # Where replies to this service's requests (JetStream API and acks, apply and
+    # golden replies) and its metric deliveries arrive. A per-user prefix lets the
+    # server's permissions keep every other user out of them (infra/nats-permissions.conf).
+    inbox_prefix: str = Field("_INBOX", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     streams: StreamNames = StreamNames()
     request_timeout_seconds: float = Field(5.0, gt=0)
 

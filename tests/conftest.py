@@ -42,12 +42,13 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: st
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def make_config(tmp_path: Path, url: str | None, golden: dict[str, Any] | None = None, **autopilot: Any) -> Config:
+def make_config(tmp_path: Path, url: str | None, golden: dict[str, Any] | None = None, *,
+                bus: dict[str, Any] | None = None, **autopilot: Any) -> Config:
     tree = {
         "autopilot": {"canary_duration_minutes": 0.1, "check_interval_minutes": 0.025, "min_samples_per_arm": 30,
                       "apply_timeout_seconds": 10, "sliding_bounds": {"initial_half_width_fraction": 0.5},
                       **autopilot},
-        "bus": {"url": url},
+        "bus": {"url": url, **(bus or {})},
         "storage": {"data_dir": str(tmp_path / "data")},
         "golden": {"timeout_seconds": 10, **(golden or {})},
         "kpis": {"selection_entropy": {"direction": "increase", "weight": 1.0},

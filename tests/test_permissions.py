@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -20,10 +21,15 @@ import nats
 import pytest
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 
+from conftest import make_config, wait_for
+from vvtv_autopilot.handlers.card import parameter_values
 from vvtv_autopilot.infra.bus import barrier
+from vvtv_autopilot.infra.service import Service
+from vvtv_autopilot.infra.simulator import SimulatedVVTV
 
 CONF = Path(__file__).resolve().parent.parent / "infra" / "nats-permissions.conf"
 PASSWORDS = {"autopilot": "example-autopilot-password", "operator": "example-operator-password", "vvtv": "example-vvtv-password"}
+INBOX = {user: f"_INBOX_{user}" for user in PASSWORDS}  # each user's own inbox prefix, as the config asks
 _LISTEN = re.compile(r"Listening for client connections on ([0-9.]+):(\d+)")
 WAIT = 20.0  # generous: two shared cores, other tests running
 
@@ -95,14 +101,15 @@ class _Client:
             self._new_error.set()
 
         self.nc = await nats.connect(
-            url, user=user, password=PASSWORDS[user], error_cb=on_error,
+            url, user=user, password=PASSWORDS[user], error_cb=on_error, inbox_prefix=INBOX[user],
             allow_reconnect=False, connect_timeout=WAIT, name=f"test-{user}",
         )
         return self
 
-    async def violation_for(self, subject: str) -> str:
-        """Wait until the server reports a publish permissions violation for ``subject``."""
-        wanted = f'permissions violation for publish to "{subject.lower()}"'
+    async def violation_for(self, subject: str, action: str = "publish") -> str:
+        """Wait until the server reports a permissions violation (``publish`` or
+        ``subscription``) for ``subject``."""
+        wanted = f'permissions violation for {action} to "{subject.lower()}"'
 
         async def seen() -> str:
             while True:
@@ -224,6 +231,24 @@ async def test_allowed_paths_work_end_to_end(connect) -> None:
     assert autopilot.errors == vvtv.errors == operator.errors == []
 
 
+@pytest.mark.parametrize(
+    "user, subject",
+    [
+        ("operator", "_INBOX.>"),                    # everybody's replies
+        ("operator", "_INBOX_autopilot.>"),          # the autopilot's JetStream answers and metric deliveries
+        ("vvtv", "_INBOX_operator.>"),               # an operator's control replies
+        ("autopilot", "_INBOX_vvtv.>"),
+        ("operator", "vvtv.metrics.>"),
+        ("vvtv", "vvtv.autopilot.ctl.>"),            # may not pose as the autopilot's control responder
+    ],
+)
+async def test_subscribing_outside_a_users_permissions_is_refused(connect, user: str, subject: str) -> None:
+    client = await connect(user)
+    await client.nc.subscribe(subject)
+    await barrier(client.nc, WAIT)
+    assert "permissions violation" in await client.violation_for(subject, "subscription")
+
+
 async def test_unknown_user_and_wrong_password_cannot_connect(server: _Server) -> None:
     async def quiet(exc: Exception) -> None:
         pass
@@ -233,3 +258,62 @@ async def test_unknown_user_and_wrong_password_cannot_connect(server: _Server) -
             nc = await nats.connect(server.url, user=user, password=password, allow_reconnect=False,
                                     max_reconnect_attempts=0, connect_timeout=WAIT, error_cb=quiet)
             await nc.close()
+
+
+async def test_the_service_runs_a_cycle_as_user_autopilot_under_the_example_permissions(tmp_path: Path, caplog) -> None:
+    """The real service as user ``autopilot``, the simulated VVTV as ``vvtv`` and
+    the CLI as ``operator``, each with its own inbox prefix, on a server that
+    enforces the shipped config: a proposed change is canaried and deployed,
+    ``status`` answers, and the server reports no violation to anyone."""
+    srv = _Server(tmp_path / "jetstream")  # its own server: the module's has a stream on vvtv.metrics.> already
+    service = sim = None
+    clients: list[_Client] = []
+    try:
+        assert srv.ready.wait(timeout=60) and srv.url, "".join(srv.lines[-40:])
+        port = srv.url.rsplit(":", 1)[1]
+        url_of = {user: f"nats://{user}:{password}@127.0.0.1:{port}" for user, password in PASSWORDS.items()}
+        caplog.set_level(logging.WARNING, logger="vvtv_autopilot")
+
+        service = Service(make_config(tmp_path, url_of["autopilot"], bus={"inbox_prefix": INBOX["autopilot"]}))
+        await service.start()
+        vvtv, operator = await _Client().connect(srv.url, "vvtv"), await _Client().connect(srv.url, "operator")
+        clients += [vvtv, operator]
+        sim = SimulatedVVTV(vvtv.nc)
+        sim.live = {k: float(v) for k, v in parameter_values(service.core.state.card, list(service.config.parameters)).items()}
+        await sim.start(tick=0.1)
+
+        ends: list[dict] = []
+
+        async def on_cycle(msg) -> None:
+            ends.append(json.loads(msg.data))
+
+        await operator.nc.subscribe("vvtv.autopilot.evt.cycle", cb=on_cycle)
+        await barrier(operator.nc, WAIT)
+        reply = await operator.nc.request(
+            "vvtv.autopilot.ctl.propose",
+            json.dumps({"actor": "alice", "changes": {"selection.diversity_weight": 0.45}}).encode(), timeout=WAIT)
+        started = json.loads(reply.data)
+        assert started["ok"], started
+        await wait_for(lambda: any(e["cycle_id"] == started["cycle_id"] for e in ends), what="evt.cycle")
+        assert next(e for e in ends if e["cycle_id"] == started["cycle_id"])["outcome"] == "Deployed"
+        assert sim.live == {"selection.diversity_weight": 0.45}
+
+        # The operator's CLI, with the operator's inbox prefix (the event loop keeps serving meanwhile).
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vvtv_autopilot.infra.cli", "status", "--json", "--nats-url", url_of["operator"],
+            "--inbox-prefix", INBOX["operator"], "--timeout", str(WAIT),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(cli.communicate(), timeout=WAIT + 30)
+        assert cli.returncode == 0, err.decode()
+        assert json.loads(out)["card_version"] == service.card.history.current_version_id()
+
+        assert vvtv.errors == operator.errors == []
+        assert not [r.getMessage() for r in caplog.records if "violation" in r.getMessage().lower()]
+    finally:
+        if sim is not None:
+            await sim.stop()
+        for client in clients:
+            await client.nc.close()
+        if service is not None:
+            await service.stop()
+        srv.stop()

@@ -146,8 +146,11 @@ def test_bad_cli_arguments_and_an_unreachable_service_exit_non_zero(tmp_path: Pa
     assert result.returncode == 2 and "outside (0, 168]" in result.stderr
     result = _cli("propose", "selection.diversity_weight")
     assert result.returncode == 2 and "PARAMETER=VALUE" in result.stderr
-    result = _cli("status", "--nats-url", "nats://127.0.0.1:1", "--timeout", "2")
-    assert result.returncode == 3 and "cannot reach NATS" in result.stderr
+    result = _cli("status", "--nats-url", "nats://ops:s3cret@127.0.0.1:1", "--timeout", "2")
+    assert result.returncode == 3 and "cannot reach NATS at nats://ops:***@127.0.0.1:1" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout  # a password never reaches a terminal or a log
+    result = _cli("status", "--inbox-prefix", "_INBOX.>", "--nats-url", "nats://127.0.0.1:1")
+    assert result.returncode == 2 and "is not a NATS subject prefix" in result.stderr
 
 
 def test_the_installed_package_exposes_no_bare_modules(tmp_path: Path):
