@@ -43,9 +43,9 @@ class _DiffGP:
                     alpha = _la.cho_solve((L, True), y)
                     ll = -0.5 * float(y @ alpha) - float(np.log(np.diag(L)).sum())
                     if best is None or ll > best[0] + 1e-12:
-                        best = (ll, ell, sf, L, alpha)
+                        best = (ll, ell, sf, L, alpha, nv)
         assert best is not None
-        _, self.ell, self.sf, self.L, self.alpha = best
+        _, self.ell, self.sf, self.L, self.alpha, self.noise_var = best
 
     def _k(self, u: np.ndarray, v: np.ndarray, ell: float) -> np.ndarray:
         return np.exp(-_sqdist(u, v) / (2.0 * ell * ell))
@@ -66,3 +66,18 @@ class _DiffGP:
         v = _la.solve_triangular(self.L, r.T, lower=True)
         var = np.maximum(prior - (v * v).sum(0), 0.0)
         return mean, np.sqrt(var)
+
+    def diff_cov(self, x: np.ndarray, p: np.ndarray, z: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Posterior covariance of g(x_i) - g(p) with g(z_j) - g(q) for each pair of rows: (m, l)."""
+        k, ell, sf2 = self._k, self.ell, self.sf ** 2
+        prior = sf2 * (k(x, z, ell) - k(x, q[None, :], ell) - k(p[None, :], z, ell) + k(p[None, :], q[None, :], ell))
+        vx = _la.solve_triangular(self.L, (self._cross(x) - self._cross(p[None, :])).T, lower=True)
+        vz = _la.solve_triangular(self.L, (self._cross(z) - self._cross(q[None, :])).T, lower=True)
+        return prior - vx.T @ vz
+
+    def shrunk_sd(self, x: np.ndarray, c: np.ndarray, z: np.ndarray, q: np.ndarray, sd_z: np.ndarray) -> np.ndarray:
+        """Posterior sd of g(z_j) - g(q) once a canary at x_i is measured against c (one more lift,
+        with this GP's typical noise): (m, l). The variance update does not depend on the value."""
+        var_x = np.maximum(np.diag(self.diff_cov(x, c, x, c)), 0.0) + float(np.median(self.noise_var))
+        cov = self.diff_cov(x, c, z, q)
+        return np.sqrt(np.maximum(sd_z[None, :] ** 2 - cov * cov / np.maximum(var_x, 1e-18)[:, None], 0.0))

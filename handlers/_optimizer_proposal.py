@@ -189,7 +189,7 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
     if len(X) == 0:
         return Proposal([], cur, None, "none", "no candidate differs from the current point", seed)
 
-    means, sds = {}, {}
+    means, sds, ref_post = {}, {}, {}
     safe = np.ones(len(X), dtype=bool)
     for k, spec in kpis.items():
         if k not in gps:
@@ -203,10 +203,11 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
             safe &= sg * mu - s.beta * sd >= allowed
             if ref is not None:
                 mr, sr = gps[k].diff(X, ref)
+                ref_post[k] = (mr, sr)
                 safe &= sg * mr - s.beta * sr >= allowed
     weights = _objective_weights(kpis)
-    obj = sum(w * _sign(kpis[k]) * means[k] for k, w in weights.items() if k in gps)
-    obj_sd = np.sqrt(sum((w * sds[k]) ** 2 for k, w in weights.items() if k in gps))
+    obj = np.broadcast_to(sum(w * _sign(kpis[k]) * means[k] for k, w in weights.items() if k in gps), (len(X),))
+    obj_sd = np.broadcast_to(np.sqrt(sum((w * sds[k]) ** 2 for k, w in weights.items() if k in gps)), (len(X),))
     n_safe = int(safe.sum())
     if n_safe == 0:
         return Proposal([], cur, None, "none",
@@ -225,8 +226,14 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
     else:
         ucb = np.where(safe, obj + s.kappa * obj_sd, -np.inf)
     i = int(np.argmax(ucb))
-    expanding = False
-    if not correcting and not ucb[i] > s.min_expected_gain:
+    expanding = expanded = False
+    if not correcting and s.expander and not obj[i] > s.min_expected_gain:
+        # no safe candidate is expected (in the mean) to improve: the UCB winner would be a likely
+        # loss. Measure where the measurement grows the safe set towards a better bound instead.
+        j = _expansion(X, c, ref, safe, gps, means, sds, ref_post, obj, obj + s.kappa * obj_sd, float(ucb[i]), kpis, s)
+        if j is not None:
+            best_bound, i, expanding, expanded = float(ucb[i]), j, True, True
+    if not correcting and not expanded and not ucb[i] > s.min_expected_gain:
         j = _expander(X, c, safe, obj_sd, {k: sds[k] for k, sp in kpis.items() if sp.critical and k in gps},
                       kpis, s) if s.expander else None
         if j is None:
@@ -253,8 +260,10 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
         if abs(value - cur[n]) >= s.min_step_fraction * span[j]:
             point[n] = value
             changes.append(ParameterChange(n, cur[n], value, ctype, conf, impact))
-    what = (f"safe-set expander (no safe candidate improves, best bound {best_bound:.4g}): most uncertain "
-            f"safe point" if expanding else "best objective")
+    what = ("best objective" if not expanding else
+            f"safe-set expansion (no safe candidate improves in the mean, best bound {best_bound:.4g}): the "
+            f"measurement that makes a better bound safe" if expanded else
+            f"safe-set expander (no safe candidate improves, best bound {best_bound:.4g}): most uncertain safe point")
     return Proposal(changes, point, impact, "gp",
                     f"gp over {len(usable)} outcomes: {n_safe} of {len(X)} candidates safe; {what} "
                     f"{impact.objective_delta:+.4g} ± {impact.objective_uncertainty:.3g} (P>0 = {conf:.2f})",
@@ -273,6 +282,35 @@ def _expander(X, c, safe, obj_sd, guard_sds, kpis, s: OptimizerSettings) -> int 
     width = np.where(safe, width, -np.inf)
     j = int(np.argmax(width))
     return j if math.isfinite(width[j]) and width[j] > 0 else None
+
+
+def _expansion(X, c, ref, safe, gps, means, sds, ref_post, obj_mean, obj_ucb, best_bound, kpis,
+               s: OptimizerSettings) -> int | None:
+    """SafeOpt's expander, goal-directed: for each safe candidate x, the guardrails' posterior sds
+    once a canary at x is measured against the current point (the variance update needs no
+    value; the means are kept), hence the safe set that measurement would give (against the
+    current point and the reference); x is worth it when that set holds a candidate whose
+    objective bound beats ``best_bound``. The best such x wins (the highest reachable bound,
+    then the highest objective mean). None when no measurement expands the safe set so."""
+    idx = np.flatnonzero(safe)
+    if len(idx) == 0:
+        return None
+    Xs = X[idx]
+    grows = np.ones((len(idx), len(X)), dtype=bool)
+    for k, spec in kpis.items():
+        if not spec.critical or k not in gps:
+            continue
+        sg, allowed = _sign(spec), -spec.margin * (1.0 - s.guardrail_buffer)
+        grows &= sg * means[k][None, :] - s.beta * gps[k].shrunk_sd(Xs, c, X, c, sds[k]) >= allowed
+        if k in ref_post:
+            mr, sr = ref_post[k]
+            grows &= sg * mr[None, :] - s.beta * gps[k].shrunk_sd(Xs, c, X, ref, sr) >= allowed
+    reach = np.where(grows & ~safe[None, :], obj_ucb[None, :], -np.inf).max(1)
+    top = float(reach.max())
+    if not math.isfinite(top) or not top > best_bound:
+        return None
+    tied = reach >= top - 1e-12 * max(1.0, abs(top))
+    return int(idx[np.argmax(np.where(tied, obj_mean[idx], -np.inf))])
 
 
 def _trust_region(usable, kpis, s: OptimizerSettings) -> float:

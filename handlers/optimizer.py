@@ -24,8 +24,15 @@ Two modes:
   the good direction is ``>= -margin`` against the current point and against
   ``reference`` (when given). Among safe candidates the one with the highest
   upper confidence bound (mean + ``kappa`` sd) of the weighted objective wins;
-  if none is safe there is no change. When no safe candidate's bound exceeds
-  ``min_expected_gain``, SafeOpt's *expander* step proposes the safe candidate
+  if none is safe there is no change. When no safe candidate's *mean* exceeds
+  ``min_expected_gain`` (the UCB winner would be a likely loss), a goal-directed
+  expansion step measures instead where the measurement grows the safe set (against
+  the current point and ``reference``) to a candidate whose bound beats the best safe
+  one: the guardrails' sds after one more canary need no value, so the look-ahead is
+  exact in the variance with the means kept (without it the optimizer stalls where a
+  noisy, pessimistic estimate of a guardrail against ``reference`` fences it in). When
+  no safe candidate's bound exceeds ``min_expected_gain`` and no measurement expands
+  the safe set so, SafeOpt's *expander* step proposes the safe candidate
   whose outcome is least known (objective sd plus each guardrail's sd over its
   margin), so the safe set keeps growing instead of stalling
   (``expander=False``: no change). The local box is a TuRBO trust region
