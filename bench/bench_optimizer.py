@@ -1,4 +1,4 @@
-"""Optimizer convergence on the synthetic smooth surface (handlers.optimizer.smooth_surface).
+"""Optimizer convergence on the synthetic smooth surface (tests/optimizer_world.py).
 
     python bench/bench_optimizer.py [--seeds 10] [--first-seed 0] [--cycles 30]
 
@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from vvtv_autopilot.handlers.bounds import initial_bounds
-from vvtv_autopilot.handlers.optimizer import simulate, smooth_surface
 from vvtv_autopilot.schemas.config import KpiSpec, ParameterSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from optimizer_world import simulate, smooth_surface  # noqa: E402
 
 T0 = datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc)
 KPIS = {

@@ -20,14 +20,14 @@ from ._optimizer_types import CycleOutcome, OptimizerSettings, Proposal
 from .bounds import ParameterBounds, effective_range
 from .changes import ChangeType, ExpectedImpact, KpiImpact, ParameterChange
 
-__all__ = ["propose"]
+__all__ = ["propose", "kpi_sign", "objective_weights"]
 
 
-def _sign(spec: KpiSpec) -> float:
+def kpi_sign(spec: KpiSpec) -> float:
     return 1.0 if spec.direction == "increase" else -1.0
 
 
-def _objective_weights(kpis: Mapping[str, KpiSpec]) -> dict[str, float]:
+def objective_weights(kpis: Mapping[str, KpiSpec]) -> dict[str, float]:
     weights = {k: s.weight for k, s in kpis.items() if not s.critical and s.weight > 0}
     if not weights:
         weights = {k: s.weight for k, s in kpis.items() if s.weight > 0}
@@ -52,15 +52,15 @@ def _baseline(analysis: Mapping[str, Mapping[str, float]], kpi: str) -> float | 
 
 def _impact(kpis: Mapping[str, KpiSpec], analysis, means: Mapping[str, float], sds: Mapping[str, float],
             beta: float, model: str) -> ExpectedImpact:
-    weights = _objective_weights(kpis)
+    weights = objective_weights(kpis)
     out: dict[str, KpiImpact] = {}
     for name, spec in kpis.items():
         m, sd = float(means.get(name, 0.0)), float(sds.get(name, 0.0))
         base = _baseline(analysis, name)
         out[name] = KpiImpact(delta=m, uncertainty=sd, direction=spec.direction, critical=spec.critical,
-                              lower=_sign(spec) * m - beta * sd, baseline=base,
+                              lower=kpi_sign(spec) * m - beta * sd, baseline=base,
                               absolute_delta=None if base is None else m * abs(base))
-    obj = sum(w * _sign(kpis[k]) * float(means.get(k, 0.0)) for k, w in weights.items())
+    obj = sum(w * kpi_sign(kpis[k]) * float(means.get(k, 0.0)) for k, w in weights.items())
     obj_sd = math.sqrt(sum((w * float(sds.get(k, 0.0))) ** 2 for k, w in weights.items()))
     conf = float(ndtr(obj / obj_sd)) if obj_sd > 0 else (0.5 if obj == 0 else float(obj > 0))
     return ExpectedImpact(kpis=out, overall_confidence=conf, objective_delta=obj,
@@ -106,11 +106,11 @@ def _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, refer
     step = s.explore_step_fraction * (hi - lo)
     direction = 1.0 if rng.random() < 0.5 else -1.0
     # learn from the last outcome that moved this parameter: go the other way after a loss
-    weights = _objective_weights(kpis)
+    weights = objective_weights(kpis)
     for h in reversed(usable):
         moved = h.parameters.get(name, h.baseline.get(name)) - h.baseline.get(name, cur[name])
         if abs(moved) > 0:
-            gain = sum(w * _sign(kpis[k]) * h.lifts[k] for k, w in weights.items() if k in h.lifts)
+            gain = sum(w * kpi_sign(kpis[k]) * h.lifts[k] for k, w in weights.items() if k in h.lifts)
             direction = math.copysign(1.0, moved) * (1.0 if gain > 0 and h.outcome == "deployed" else -1.0)
             break
     # never drift more than one step from the reference (or start of the history) per coordinate
@@ -198,15 +198,15 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
         mu, sd = gps[k].diff(X, c)
         means[k], sds[k] = mu, sd
         if spec.critical:
-            sg = _sign(spec)
+            sg = kpi_sign(spec)
             allowed = -spec.margin * (1.0 - s.guardrail_buffer)
             safe &= sg * mu - s.beta * sd >= allowed
             if ref is not None:
                 mr, sr = gps[k].diff(X, ref)
                 ref_post[k] = (mr, sr)
                 safe &= sg * mr - s.beta * sr >= allowed
-    weights = _objective_weights(kpis)
-    obj = np.broadcast_to(sum(w * _sign(kpis[k]) * means[k] for k, w in weights.items() if k in gps), (len(X),))
+    weights = objective_weights(kpis)
+    obj = np.broadcast_to(sum(w * kpi_sign(kpis[k]) * means[k] for k, w in weights.items() if k in gps), (len(X),))
     obj_sd = np.broadcast_to(np.sqrt(sum((w * sds[k]) ** 2 for k, w in weights.items() if k in gps)), (len(X),))
     n_safe = int(safe.sum())
     if n_safe == 0:
@@ -219,7 +219,7 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
         for k, spec in kpis.items():
             if spec.critical and k in gps:
                 mr, sr = gps[k].diff(c[None, :], ref)
-                if _sign(spec) * mr[0] < -spec.margin:
+                if kpi_sign(spec) * mr[0] < -spec.margin:
                     correcting = True
     if correcting:
         ucb = np.where(safe, obj, -np.inf)
@@ -300,7 +300,7 @@ def _expansion(X, c, ref, safe, gps, means, sds, ref_post, obj_mean, obj_ucb, be
     for k, spec in kpis.items():
         if not spec.critical or k not in gps:
             continue
-        sg, allowed = _sign(spec), -spec.margin * (1.0 - s.guardrail_buffer)
+        sg, allowed = kpi_sign(spec), -spec.margin * (1.0 - s.guardrail_buffer)
         grows &= sg * means[k][None, :] - s.beta * gps[k].shrunk_sd(Xs, c, X, c, sds[k]) >= allowed
         if k in ref_post:
             mr, sr = ref_post[k]
@@ -318,10 +318,10 @@ def _trust_region(usable, kpis, s: OptimizerSettings) -> float:
     half-width starts at ``local_fraction``, doubles after ``tr_success_tolerance`` deployed gains
     in a row, halves after ``tr_failure_tolerance`` rollbacks or losses in a row, and restarts at
     ``local_fraction`` when it would fall below ``tr_min_fraction``."""
-    weights = _objective_weights(kpis)
+    weights = objective_weights(kpis)
     length, wins, losses = s.local_fraction, 0, 0
     for h in usable[s.min_history:]:
-        gain = sum(w * _sign(kpis[k]) * h.lifts[k] for k, w in weights.items() if k in h.lifts)
+        gain = sum(w * kpi_sign(kpis[k]) * h.lifts[k] for k, w in weights.items() if k in h.lifts)
         if h.outcome == "deployed" and gain > 0:
             wins, losses = wins + 1, 0
         else:

@@ -50,8 +50,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ._optimizer_proposal import propose
-from ._optimizer_sim import SimulationResult, simulate, smooth_surface
+from ._optimizer_proposal import kpi_sign, objective_weights, propose
 from ._optimizer_types import CycleOutcome, OptimizerSettings, Proposal
 from .changes import ParameterChange
 
@@ -62,10 +61,8 @@ __all__ = [
     "seed_from_cycle_id",
     "propose",
     "propose_changes",
-    # a synthetic world, for tests and the benchmark
-    "SimulationResult",
-    "smooth_surface",
-    "simulate",
+    "objective_weights",
+    "kpi_sign",
 ]
 
 

@@ -4,6 +4,7 @@
     ├── ConfigError            a configuration that breaks a rule (refused at start)
     ├── MessageError           an inbound bus message that fails validation (-> DLQ)
     ├── CommandRefused         a valid command that cannot be carried out now
+    │   └── BoundsError        a bounds change that would break an invariant of the sliding bounds
     ├── StoreError             the SQLite store is unusable or inconsistent
     ├── BusError               NATS / JetStream cannot be reached or set up
     ├── HistoryError           the business-logic history is missing or corrupt
@@ -36,6 +37,10 @@ class MessageError(AutopilotError):
 
 class CommandRefused(AutopilotError):
     """A well-formed command that the autopilot will not carry out now."""
+
+
+class BoundsError(CommandRefused):
+    """A bounds operation that would break an invariant; the message names the bound."""
 
 
 class StoreError(AutopilotError):

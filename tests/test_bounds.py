@@ -208,7 +208,7 @@ def test_invariants_and_exact_amounts_over_random_sequences(cfg, start, frac, ha
         if kind == "stable":
             _, paused, pinned = op
             b_ref, _ = B.refresh(before, at=at)
-            held = B._hold_reason(b_ref, cfg, at, paused, pinned) is not None
+            held = B.hold_reason(b_ref, cfg, at, paused, pinned) is not None
             b, adjs = B.record_stable_day(before, cfg, at=at, paused=paused, pinned=pinned)
             kinds = [a.kind for a in adjs if a.kind not in ("override_expired",)]
             if held:

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from vvtv_autopilot.handlers.bounds import initial_bounds, validate_change
 from vvtv_autopilot.handlers.changes import ChangeType
-from vvtv_autopilot.handlers.optimizer import (CycleOutcome, OptimizerSettings, propose, seed_from_cycle_id, simulate,
-                                               smooth_surface)
+from vvtv_autopilot.handlers.optimizer import CycleOutcome, OptimizerSettings, propose, seed_from_cycle_id
+
+from optimizer_world import simulate, smooth_surface
 from vvtv_autopilot.schemas.config import KpiSpec, ParameterSpec
 
 T0 = datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc)

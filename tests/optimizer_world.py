@@ -1,7 +1,6 @@
-"""A synthetic world for the optimizer, for tests and the benchmark (bench/bench_optimizer.py).
-
-Private to :mod:`vvtv_autopilot.handlers.optimizer`, which re-exports every name here.
-"""
+"""A synthetic world for the optimizer alone (no gate, no cycle), for tests and
+``bench/bench_optimizer.py``: a known surface, canaries whose lifts are the surface's
+differences plus noise, and the optimizer proposing against them."""
 
 from __future__ import annotations
 
@@ -11,10 +10,9 @@ from typing import Callable, Mapping
 import msgspec
 import numpy as np
 
-from ..schemas.config import KpiSpec
-from ._optimizer_proposal import _objective_weights, _sign, propose
-from ._optimizer_types import CycleOutcome, OptimizerSettings
-from .bounds import ParameterBounds, effective_range
+from vvtv_autopilot.handlers.bounds import ParameterBounds, effective_range
+from vvtv_autopilot.handlers.optimizer import CycleOutcome, OptimizerSettings, kpi_sign, objective_weights, propose
+from vvtv_autopilot.schemas.config import KpiSpec
 
 __all__ = ["SimulationResult", "smooth_surface", "simulate"]
 
@@ -69,13 +67,13 @@ def simulate(
     world = np.random.default_rng(seed + 1_000_003)
     lo_h = np.array([bounds[n].hard_min for n in names])
     span = np.array([bounds[n].hard_max - bounds[n].hard_min for n in names])
-    weights = _objective_weights(kpis)
+    weights = objective_weights(kpis)
 
     def levels(point: Mapping[str, float]) -> dict[str, float]:
         return surface((np.array([point[n] for n in names]) - lo_h) / span)
 
     def objective(lv: dict[str, float], base: dict[str, float]) -> float:
-        return sum(w * _sign(kpis[k]) * (lv[k] - base[k]) / abs(base[k]) for k, w in weights.items())
+        return sum(w * kpi_sign(kpis[k]) * (lv[k] - base[k]) / abs(base[k]) for k, w in weights.items())
 
     start = {n: float(start[n]) for n in names}
     base0 = levels(start)
@@ -84,7 +82,7 @@ def simulate(
         for k, spec in kpis.items():
             if spec.critical:
                 tol = spec.margin if guardrail_tolerance is None else guardrail_tolerance
-                if _sign(spec) * (lv[k] - base0[k]) / abs(base0[k]) < -tol:
+                if kpi_sign(spec) * (lv[k] - base0[k]) / abs(base0[k]) < -tol:
                     return True
         return False
 
@@ -114,8 +112,8 @@ def simulate(
             if violates(lv):
                 violations += 1
             lifts = {k: (lv[k] - lb[k]) / abs(lb[k]) + float(world.normal(0, noise_sd)) for k in kpis}
-            gain = sum(w * _sign(kpis[k]) * lifts[k] for k, w in weights.items())
-            harmed = any(_sign(spec) * lifts[k] < -spec.margin for k, spec in kpis.items() if spec.critical)
+            gain = sum(w * kpi_sign(kpis[k]) * lifts[k] for k, w in weights.items())
+            harmed = any(kpi_sign(spec) * lifts[k] < -spec.margin for k, spec in kpis.items() if spec.critical)
             ok = gain > 0 and not harmed
             history.append(CycleOutcome(point, dict(live), lifts, {k: noise_sd for k in kpis},
                                         "deployed" if ok else "rolled_back", f"sim-{cycle}"))
