@@ -338,9 +338,8 @@ class Service:
             for row in step.cycle_rows:
                 snapshots[row["cycle_id"]] = _enc.encode(row["snapshot"])
             steps.append(step)
-        if steps or core.state_dirty:
+        if steps:
             state = _enc.encode(core.state)
-            core.state_dirty = False
             await self.store.commit(steps, state=state, active_cycle_id=core.state.active_cycle_id,
                                     cycle_snapshots=snapshots, cycle_starts=starts)
         if duplicates:

@@ -1,30 +1,36 @@
-"""The autopilot between and around cycles: the pure step ``event -> Step``.
+"""The autopilot between and around cycles: the one owner of the core's state.
 
-It owns the pause, the overrides, the live-metric windows and at most one
-running :class:`Cycle`; it routes each core event to the cycle it concerns
-and starts cycles on the daily timer, ``run-now`` and ``propose``.
+:class:`Autopilot` routes every core event (``handle``) to a method of its own.
+It owns the pause, the overrides, the card, the live-metric windows and at most
+one running :class:`Cycle`; two collaborators own the rest and return what they
+decided: the :class:`BoundsKeeper` (sliding bounds, the optimizer's history) and
+the :class:`DriftMonitor` (cycle summaries, drift state, triage), whose actions
+the autopilot carries out. Operator commands (:mod:`.commands`) act through its
+public methods only.
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
 
-from ..handlers.bounds import ParameterBounds
-from ..handlers.drift import CycleSummary, DriftEvent, DriftState
+from ..handlers.bounds import BoundsCheck, ClampMode
+from ..handlers.card import get_path, parameter_values, version_id, with_values
+from ..handlers.changes import manual_change
 from ..handlers.golden import GoldenSet
-from ..handlers.optimizer import CycleOutcome
+from ..handlers.optimizer import seed_from_cycle_id
 from ..handlers.stats import RunningStats
+from ..handlers.triage import TriageReport
 from ..schemas.config import Config
-from ..schemas.events import (AlertEvent, ApplyResult, Boot, CommandEvent, GoldenResult, Inbound,
+from ..schemas.events import (AlertEvent, ApplyResult, Boot, CommandEvent, Effect, GoldenResult, Inbound,
                               MetricStats, TimerEvent)
 from ..schemas.messages import parse_time, rfc3339
-from .commands import handle_command, stop_running_cycle
-from . import guards, tuning
+from .bounds_keeper import BoundsKeeper, TuningState
+from .commands import handle_command
 from .cycle import Cycle, CycleData
+from .drift_monitor import ContractBounds, DriftAction, DriftMonitor, MonitorState, PauseAutopilot, RunTriage
 from .step import Step
 
 
@@ -41,15 +47,9 @@ class AutopilotState(msgspec.Struct, kw_only=True):
     last_cycle: dict[str, Any] | None = None
     next_daily: str | None = None
     live: dict[str, dict[str, RunningStats]] = {}   # kpi -> hour bucket (RFC 3339) -> stats
-    bounds: dict[str, ParameterBounds] = {}
-    outcomes: list[CycleOutcome] = []                # what past canaries measured (optimizer input)
     validation_failures: int = 0                     # consecutive golden-set failures
-    summaries: list[CycleSummary] = []               # ended cycles, for the drift monitor and triage
-    drift: DriftState = DriftState()
-    drift_events: list[DriftEvent] = []
-    critical_alerts: list[str] = []                  # fired_at of recent critical alerts
-    next_triage: str | None = None
-    triage_counter: int = 0
+    tuning: TuningState = msgspec.field(default_factory=TuningState)     # owned by the BoundsKeeper
+    monitor: MonitorState = msgspec.field(default_factory=MonitorState)  # owned by the DriftMonitor
 
 
 def next_daily_at(now: datetime, hhmm: str) -> datetime:
@@ -65,9 +65,26 @@ class Autopilot:
         self.golden = golden   # the built-in golden set (golden.mode: builtin), else None
         self.state = state or AutopilotState()
         self.cycle: Cycle | None = Cycle(cycle, config) if cycle is not None else None
-        self.state_dirty = False
+        self.tuning = BoundsKeeper(config, self.state.tuning)
+        self.monitor = DriftMonitor(config, self.state.monitor)
 
     # --- queries -----------------------------------------------------------------------
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return self.state.card
+
+    @property
+    def card_version(self) -> str:
+        return self.state.card_version
+
+    @property
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        return self.state.overrides
+
+    @property
+    def in_emergency_pause(self) -> bool:
+        return self.state.paused_forever
 
     def paused(self, now: datetime) -> bool:
         s = self.state
@@ -80,17 +97,30 @@ class Autopilot:
             return "Paused"
         return "Idle" if self.config.autopilot.enabled else "Disabled"
 
+    def running(self) -> Cycle | None:
+        return self.cycle if self.cycle is not None and not self.cycle.done else None
+
+    def why_no_cycle_can_start(self, now: datetime) -> str | None:
+        running = self.running()
+        if running is not None:
+            return f"cycle {running.data.cycle_id} is running ({running.state}); wait for it or abort it"
+        if self.paused(now):
+            until = "until resume" if self.state.paused_forever else f"until {self.state.paused_until}"
+            return f"the autopilot is paused {until}; resume it first"
+        if not self.config.autopilot.enabled:
+            return "the autopilot is disabled in its configuration (autopilot.enabled: false)"
+        return None
+
     def status(self, now: datetime) -> dict[str, Any]:
         s = self.state
-        running = self.cycle if self.cycle is not None and not self.cycle.done else None
+        running = self.running()
         return {
             "ok": True, "error": None, "state": self.mode(now),
             "cycle_id": running.data.cycle_id if running else None,
             "paused": self.paused(now), "paused_until": None if s.paused_forever else s.paused_until,
             "emergency_pause": s.paused_forever, "paused_by": s.paused_by,
             "card_version": s.card_version, "overrides": s.overrides,
-            "bounds_overrides": {n: msgspec.to_builtins(b.override) for n, b in s.bounds.items()
-                                 if b.override is not None and tuning.B.override_active(b, now)},
+            "bounds_overrides": self.tuning.active_overrides(now),
             "next_daily": s.next_daily, "last_cycle": s.last_cycle,
             "cycle": None if running is None else {
                 "cycle_id": running.data.cycle_id, "state": running.state, "origin": running.data.origin,
@@ -101,8 +131,16 @@ class Autopilot:
             },
         }
 
-    def running(self) -> Cycle | None:
-        return self.cycle if self.cycle is not None and not self.cycle.done else None
+    def live_window(self, now: datetime) -> dict[str, RunningStats]:
+        since = now - timedelta(hours=self.config.autopilot.analysis_window_hours)
+        out = {}
+        for kpi, buckets in self.state.live.items():
+            total = RunningStats()
+            for bucket, stats in sorted(buckets.items()):
+                if parse_time(bucket) + timedelta(hours=1) > since and parse_time(bucket) <= now:
+                    total = total.merge(stats)
+            out[kpi] = total
+        return out
 
     # --- the step ------------------------------------------------------------------------
 
@@ -124,7 +162,7 @@ class Autopilot:
             self._boot(step, event)
         touched = cycle_before or self.cycle
         if touched is not None and (step.transitions or isinstance(event, MetricStats) and step.counters.get("canary_samples")):
-            step.record_cycle(touched)
+            touched.record(step)
         if self.cycle is not None and self.cycle.done and self.state.active_cycle_id == self.cycle.data.cycle_id:
             self._cycle_ended(step, self.cycle)
         return step
@@ -148,7 +186,6 @@ class Autopilot:
                                   .replace(minute=0, second=0, microsecond=0))
                 for old in [b for b in buckets if b < horizon]:
                     del buckets[old]
-            self.state_dirty = True
             step.count("live_samples", ev.n)
             return
         cycle = self.running()
@@ -157,26 +194,16 @@ class Autopilot:
         else:
             step.count("ignored_arm_samples", ev.n)
 
-    def live_window(self, now: datetime) -> dict[str, RunningStats]:
-        since = now - timedelta(hours=self.config.autopilot.analysis_window_hours)
-        out = {}
-        for kpi, buckets in self.state.live.items():
-            total = RunningStats()
-            for bucket, stats in sorted(buckets.items()):
-                if parse_time(bucket) + timedelta(hours=1) > since and parse_time(bucket) <= now:
-                    total = total.merge(stats)
-            out[kpi] = total
-        return out
-
     def _alert(self, step: Step, ev: AlertEvent) -> None:
+        if ev.severity != "critical":
+            return
         cycle = self.running()
-        if ev.severity == "critical" and cycle is not None and cycle.state == "Canary":
+        if cycle is not None and cycle.state == "Canary":
             cycle.judge(step, "rollback", {
                 "reason": f"critical alert {ev.alert_id} from {ev.source}: {ev.message[:200]}",
                 "alert_id": ev.alert_id, "kpi": ev.kpi,
             }, rule="critical alert")
-        if ev.severity == "critical":
-            guards.on_critical_alert(self, step, ev.fired_at)
+        self._carry_out(step, self.monitor.on_critical_alert(step, ev.fired_at))
 
     def _timer(self, step: Step, ev: TimerEvent) -> None:
         s = self.state
@@ -185,26 +212,24 @@ class Autopilot:
                 step.count("stale_timers")
                 return
             self._arm_daily(step)
-            tuning.daily(self, step)
+            self.tuning.day_passed(step, paused=self.paused(step.now), pinned=set(s.overrides))
             if self.config.autopilot.enabled and not self.paused(step.now) and self.running() is None:
                 self.start_cycle(step, origin="daily", actor="scheduler", proposal=None)
             return
         if ev.kind == "triage":
-            guards.on_weekly_timer(self, step, ev.token)
+            if self.monitor.weekly_triage_due(step, ev.token):
+                self.run_triage(step, reason="weekly schedule")
             return
         if ev.kind == "pause_expiry":
             if s.paused_until is not None and ev.token == s.paused_until and not s.paused_forever:
-                self.set_pause(None, forever=False, actor=None, reason=None)
+                self._set_pause(None, forever=False, actor=None, reason=None)
                 step.publish("autopilot.evt.command", {"verb": "pause-expired", "at": step.at, "ok": True})
             return
         if ev.kind == "override_expiry":
-            for name, bounds in sorted(s.bounds.items()):
-                if bounds.override is not None:
-                    tuning.emit(self, step, name, tuning.B.refresh(bounds, at=step.now))
+            self.tuning.expire_overrides(step)
             for name, entry in list(s.overrides.items()):
                 if entry.get("until") == ev.token and parse_time(ev.token) <= step.now:
                     del s.overrides[name]
-                    self.state_dirty = True
                     step.publish("autopilot.evt.command", {"verb": "override-expired", "parameter": name, "at": step.at, "ok": True})
             return
         cycle = self.running()
@@ -245,57 +270,17 @@ class Autopilot:
                 step.publish("autopilot.evt.alert", {"kind": "card_changed_outside", "at": step.at,
                                                      "message": f"card on disk is {ev.card_version}, expected {s.card_version}"})
             s.card, s.card_version = ev.card, ev.card_version
-        tuning.ensure_bounds(self, step)
+        self.tuning.ensure(step, s.card)
         if self.config.autopilot.emergency_pause and not s.paused_forever:
-            self.set_pause(None, forever=True, actor="configuration", reason="autopilot.emergency_pause is true")
-            stop_running_cycle(self, step, "emergency pause by configuration (autopilot.emergency_pause: true)")
-        self.state_dirty = True
+            self.emergency_pause(step, actor="configuration", reason="autopilot.emergency_pause is true",
+                                 stop_why="emergency pause by configuration (autopilot.emergency_pause: true)")
         self._arm_daily(step, keep=True)
-        guards.arm_weekly(self, step, keep=True)
+        self.monitor.arm_weekly(step, keep=True)
         if s.paused_until and not s.paused_forever:
             step.schedule("pause", parse_time(s.paused_until), {"kind": "pause_expiry", "token": s.paused_until})
         cycle = self.running()
-        if cycle is not None:  # re-arm the open cycle's timers (idempotent: same schedule subjects)
-            d = cycle.data
-            if cycle.state == "Canary" and d.deadline:
-                step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id, "token": d.deadline})
-                cycle._arm_check(step)
-            elif d.timer_token:
-                budget = self.config.autopilot.max_execution_time_minutes * 60.0 - d.active_seconds
-                entered = parse_time(d.state_entered_at)
-                step.schedule(f"{d.cycle_id}.timeout", entered + timedelta(seconds=max(budget, 0.0)),
-                              {"kind": "timeout", "cycle_id": d.cycle_id, "token": d.timer_token})
-
-    # --- helpers used by commands -------------------------------------------------------------
-
-    def _arm_daily(self, step: Step, keep: bool = False) -> None:
-        s = self.state
-        if not (keep and s.next_daily and parse_time(s.next_daily) > step.now):
-            s.next_daily = rfc3339(next_daily_at(step.now, self.config.autopilot.daily_schedule_utc))
-            self.state_dirty = True
-        step.schedule("daily", parse_time(s.next_daily), {"kind": "daily", "token": s.next_daily})
-
-    def set_pause(self, until: str | None, *, forever: bool, actor: str | None, reason: str | None) -> None:
-        s = self.state
-        s.paused_until, s.paused_forever, s.paused_by, s.pause_reason = until, forever, actor, reason
-        self.state_dirty = True
-
-    def start_cycle(self, step: Step, *, origin: str, actor: str | None, proposal: dict[str, float] | None) -> Cycle:
-        s = self.state
-        s.cycle_counter += 1
-        cycle_id = f"{step.now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{s.cycle_counter:06d}"
-        seed = int.from_bytes(hashlib.sha256(cycle_id.encode()).digest()[:8], "big")
-        data = CycleData(cycle_id=cycle_id, origin=origin, actor=actor, started_at=step.at, seed=seed,
-                         proposal=proposal, base_card=s.card, base_version=s.card_version)
-        cycle = Cycle(data, self.config)
-        self.cycle = cycle
-        s.active_cycle_id = cycle_id
-        self.state_dirty = True
-        cycle.start(step, self.live_window(step.now),
-                    proposer=lambda c: tuning.optimizer_proposal(self, step, c),
-                    checker=lambda name, value, mode: tuning.check(self, step, name, value, mode),
-                    golden=self.golden)
-        return cycle
+        if cycle is not None:
+            cycle.arm_timers(step)
 
     def _cycle_ended(self, step: Step, cycle: Cycle) -> None:
         s = self.state
@@ -303,21 +288,156 @@ class Autopilot:
         if cycle.state == "Deployed" and d.candidate_card is not None:
             s.card, s.card_version = d.candidate_card, d.candidate_version or ""
         s.active_cycle_id = None
-        tuning.after_cycle(self, step, cycle)
+        self.tuning.after_cycle(step, cycle)
         if cycle.state == "Failed" and d.error == "golden-set validation failed":
             s.validation_failures += 1
             limit = self.config.autopilot.validation_failures_before_pause
             if s.validation_failures >= limit and not self.paused(step.now):
-                hours = self.config.autopilot.drift_monitoring.pause_duration_hours
-                until = rfc3339(step.now + timedelta(hours=hours))
-                self.set_pause(until, forever=False, actor="fail-safe",
-                               reason=f"{s.validation_failures} consecutive golden-set validation failures")
+                failures = s.validation_failures
                 s.validation_failures = 0  # the pause is the consequence; counting starts afresh after it
-                step.schedule("pause", parse_time(until), {"kind": "pause_expiry", "token": until})
-                step.publish("autopilot.evt.alert", {"kind": "paused", "at": step.at, "until": until, "actor": "fail-safe",
-                                                     "message": s.pause_reason})
+                self.pause_for(step, self.config.autopilot.drift_monitoring.pause_duration_hours, actor="fail-safe",
+                               reason=f"{failures} consecutive golden-set validation failures", stop_why="")
         elif cycle.state in ("Deployed", "RolledBack", "NoChange"):
             s.validation_failures = 0
-        guards.after_cycle(self, step, cycle)
+        self._carry_out(step, self.monitor.after_cycle(step, cycle))
         s.last_cycle = {"cycle_id": d.cycle_id, "outcome": cycle.state, "completed_at": d.completed_at, "error": d.error}
-        self.state_dirty = True
+
+    def _carry_out(self, step: Step, actions: list[DriftAction]) -> None:
+        """What the drift monitor's findings call for."""
+        for action in actions:
+            if isinstance(action, PauseAutopilot):
+                s = self.state
+                current = None if s.paused_until is None else parse_time(s.paused_until)
+                if not s.paused_forever and (current is None or current < step.now + timedelta(hours=action.hours)):
+                    self.pause_for(step, action.hours, actor="drift-monitor", reason=action.reason,
+                                   stop_why=action.stop_why)
+            elif isinstance(action, ContractBounds):
+                self.tuning.contract(step, action.parameters, action.reason)
+            elif isinstance(action, RunTriage):
+                self.run_triage(step, reason=action.reason)
+
+    # --- what commands (and the autopilot itself) do -----------------------------------------------
+
+    def start_cycle(self, step: Step, *, origin: str, actor: str | None, proposal: dict[str, float] | None) -> Cycle:
+        s = self.state
+        s.cycle_counter += 1
+        cycle_id = f"{step.now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{s.cycle_counter:06d}"
+        data = CycleData(cycle_id=cycle_id, origin=origin, actor=actor, started_at=step.at,
+                         seed=seed_from_cycle_id(cycle_id), proposal=proposal, base_card=s.card,
+                         base_version=s.card_version)
+        cycle = Cycle(data, self.config)
+        self.cycle = cycle
+        s.active_cycle_id = cycle_id
+        cycle.analyze(step, self.live_window(step.now))
+        suggestion = None
+        if proposal is None:
+            suggestion = self.tuning.propose(step, data.analysis, card=s.card, pinned=sorted(s.overrides), seed=data.seed)
+        if cycle.adopt(step, suggestion):
+            checks = [self.check_bounds(step, name, value, cycle.bounds_mode)
+                      for name, value in sorted((data.proposal or {}).items())]
+            cycle.bound(step, suggestion, checks, golden=self.golden)
+        return cycle
+
+    def stop_running_cycle(self, step: Step, why: str) -> dict[str, Any]:
+        """Stop the running cycle, if any; the reply names it (``cycle_id``)."""
+        cycle = self.running()
+        if cycle is None:
+            return {}
+        stopped = {"cycle_id": cycle.data.cycle_id}
+        if cycle.state == "Canary":
+            cycle.judge(step, "rollback", {"reason": why}, rule="operator")
+        elif cycle.state in ("Analyzing", "Bounded", "Validated"):
+            cycle.cancel(step, why)
+        # In Gated a live deployment is already in flight; it finishes on its reply.
+        return stopped
+
+    def pause_for(self, step: Step, hours: float, *, actor: str, reason: str | None, stop_why: str) -> dict[str, Any]:
+        """Pause (until now + ``hours``), arm its expiry, stop the running cycle, tell operators."""
+        until = rfc3339(step.now + timedelta(hours=hours))
+        self._set_pause(until, forever=False, actor=actor, reason=reason)
+        step.schedule("pause", parse_time(until), {"kind": "pause_expiry", "token": until})
+        stopped = self.stop_running_cycle(step, stop_why or f"paused by {actor}")
+        step.publish("autopilot.evt.alert", {"kind": "paused", "at": step.at, "until": until, "actor": actor,
+                                             "message": reason or "autopilot paused"})
+        return {"paused_until": until, **stopped}
+
+    def emergency_pause(self, step: Step, *, actor: str, reason: str | None, stop_why: str = "") -> dict[str, Any]:
+        """Pause with no end until ``resume``; stop the running cycle; tell operators."""
+        self._set_pause(None, forever=True, actor=actor, reason=reason)
+        stopped = self.stop_running_cycle(step, stop_why or f"emergency pause by {actor}")
+        step.publish("autopilot.evt.alert", {"kind": "emergency_pause", "at": step.at, "actor": actor,
+                                             "message": reason or "autopilot in emergency pause"})
+        return {"paused_until": None, "emergency_pause": True, **stopped}
+
+    def resume(self) -> None:
+        self._set_pause(None, forever=False, actor=None, reason=None)
+
+    def check_bounds(self, step: Step, name: str, value: float, mode: ClampMode) -> BoundsCheck:
+        return self.tuning.check(step, name, value, mode)
+
+    def put_live(self, step: Step, name: str, value: float, *, rationale: str) -> str:
+        """Write the card with ``name = value`` and tell VVTV to run it on all traffic; its version id."""
+        s = self.state
+        card = with_values(s.card, {name: value})
+        deployed = version_id(card)
+        change = msgspec.to_builtins(manual_change(name, get_path(s.card, name, None), value))
+        step.effects.append(Effect(step.next_id("card"), "write_card", {
+            "card": card, "version_id": deployed, "changes": [change], "rationale": rationale}))
+        self._apply_live(step, card, deployed, "override")
+        s.card, s.card_version = card, deployed
+        self.tuning.set_by_operator(step, name, value)
+        return deployed
+
+    def pin(self, step: Step, name: str, value: float, *, hours: float, actor: str, reason: str | None) -> str:
+        """Hold ``name`` at ``value`` for ``hours``: the optimizer proposes no change to it; the end time."""
+        until = rfc3339(step.now + timedelta(hours=hours))
+        self.state.overrides[name] = {"value": value, "until": until, "actor": actor, "reason": reason}
+        step.schedule(f"override.{name}", parse_time(until), {"kind": "override_expiry", "token": until})
+        return until
+
+    def unpin(self, step: Step, name: str, *, actor: str) -> bool:
+        """End the pin and the bounds override of ``name``; False when it had neither."""
+        had_bounds_override = self.tuning.override_active(name, step.now)
+        if self.state.overrides.pop(name, None) is None and not had_bounds_override:
+            return False
+        if had_bounds_override:
+            self.tuning.clear_bounds_override(step, name, actor)
+        return True
+
+    def override_bounds(self, step: Step, name: str, *, min_value: float, max_value: float, hours: float,
+                        actor: str, reason: str | None) -> str:
+        """Temporary bounds for ``name`` (raises BoundsError when they break an invariant); the end time."""
+        until = step.now + timedelta(hours=hours)
+        self.tuning.bounds_override(step, name, min_value=min_value, max_value=max_value, until=until,
+                                    actor=actor, reason=reason)
+        # Its own timer name: a newer schedule of a name replaces the older one, so
+        # sharing `override.<name>` with the pin would cancel the pin's expiry.
+        step.schedule(f"bounds.{name}", until, {"kind": "override_expiry", "token": rfc3339(until)})
+        return rfc3339(until)
+
+    def adopt_version(self, step: Step, card: dict[str, Any], version: str) -> None:
+        """A version infra restored from the history becomes live (manual rollback)."""
+        self.state.card, self.state.card_version = card, version
+        self._apply_live(step, card, version, "manual_rollback")
+
+    def run_triage(self, step: Step, *, reason: str) -> TriageReport:
+        return self.monitor.triage(step, self.tuning.bounds, reason=reason)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _arm_daily(self, step: Step, keep: bool = False) -> None:
+        s = self.state
+        if not (keep and s.next_daily and parse_time(s.next_daily) > step.now):
+            s.next_daily = rfc3339(next_daily_at(step.now, self.config.autopilot.daily_schedule_utc))
+        step.schedule("daily", parse_time(s.next_daily), {"kind": "daily", "token": s.next_daily})
+
+    def _set_pause(self, until: str | None, *, forever: bool, actor: str | None, reason: str | None) -> None:
+        s = self.state
+        s.paused_until, s.paused_forever, s.paused_by, s.pause_reason = until, forever, actor, reason
+
+    def _apply_live(self, step: Step, card: dict[str, Any], vid: str, purpose: str) -> None:
+        """Tell VVTV to run ``card`` on all traffic (outside any cycle)."""
+        effect_id = step.next_id("apply")
+        step.effects.append(Effect(effect_id, "apply", {"purpose": purpose, "request": {
+            "effect_id": effect_id, "cycle_id": None, "version_id": vid, "arm": "live",
+            "traffic_percentage": 1.0, "parameters": parameter_values(card, list(self.config.parameters))}}))

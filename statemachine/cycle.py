@@ -9,21 +9,24 @@ else from the world. A cycle restored from its snapshot gets its machine with
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 from transitions import Machine, MachineError
 
 from ..handlers import card as cards
+from ..handlers.bounds import BoundsCheck, ClampMode
 from ..handlers.changes import manual_change
 from ..handlers.gate import evaluate_gate
 from ..handlers.golden import GoldenSet, evaluate_golden
+from ..handlers.optimizer import Proposal
 from ..handlers.stats import RunningStats
 from ..schemas.config import Config
 from ..schemas.events import Effect, TransitionRecord
 from ..schemas.messages import parse_time, rfc3339
 from .definition import ACTIVE, MACHINE_HASH, OUTCOME_STATUS, STATES, TERMINAL, TRANSITIONS
 from .step import Step
+
 
 class CycleData(msgspec.Struct, kw_only=True):
     """Everything a cycle knows; persisted as one JSON snapshot per step."""
@@ -107,19 +110,43 @@ class Cycle:
         step.transitions.append(record)
         step.publish("autopilot.evt.transition", msgspec.to_builtins(record), effect_id=f"tr:{d.cycle_id}:{d.seq}")
         if self.state in ACTIVE:
-            self._arm_timeout(step)
+            d.timer_token = f"timeout:{d.seq}"
+            self._schedule_timeout(step)
         if self.done:
             self._finish(step)
 
     def _effect_id(self, purpose: str) -> str:
         return f"{self.data.cycle_id}:{self.data.seq}:{purpose}"
 
-    def _arm_timeout(self, step: Step) -> None:
+    # --- timers: each scheduled in one place, re-armed after a restart by arm_timers --------
+
+    def arm_timers(self, step: Step) -> None:
+        """Schedule again whatever timer the cycle waits on (after a restart; idempotent,
+        since a newer schedule of the same name replaces the older one)."""
+        d = self.data
+        if self.state == "Canary" and d.deadline:
+            self._schedule_deadline(step)
+            self._arm_check(step)
+        elif d.timer_token:
+            self._schedule_timeout(step)
+
+    def _schedule_timeout(self, step: Step) -> None:
+        """The active-work budget left, counted from when the current state was entered."""
         d = self.data
         budget = self.config.autopilot.max_execution_time_minutes * 60.0 - d.active_seconds
-        d.timer_token = f"timeout:{d.seq}"
-        step.schedule(f"{d.cycle_id}.timeout", step.now + timedelta(seconds=max(budget, 0.0)),
+        step.schedule(f"{d.cycle_id}.timeout", parse_time(d.state_entered_at) + timedelta(seconds=max(budget, 0.0)),
                       {"kind": "timeout", "cycle_id": d.cycle_id, "token": d.timer_token})
+
+    def _schedule_deadline(self, step: Step) -> None:
+        d = self.data
+        step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline or step.at),
+                      {"kind": "deadline", "cycle_id": d.cycle_id, "token": d.deadline})
+
+    def _arm_check(self, step: Step) -> None:
+        d = self.data
+        at = step.now + timedelta(minutes=self.config.autopilot.check_interval_minutes)
+        if d.deadline and at < parse_time(d.deadline):
+            step.schedule(f"{d.cycle_id}.check", at, {"kind": "check", "cycle_id": d.cycle_id})
 
     def _params(self, card: dict[str, Any]) -> dict[str, Any]:
         return cards.parameter_values(card, list(self.config.parameters))
@@ -140,10 +167,8 @@ class Cycle:
 
     # --- the stages ----------------------------------------------------------------
 
-    def start(self, step: Step, live: dict[str, RunningStats], *, proposer: Callable[["Cycle"], Any],
-              checker: Callable[[str, float, str], Any], golden: GoldenSet | None = None) -> None:
-        """Pending -> Analyzing -> (Bounded | NoChange); with the built-in golden
-        set, Bounded -> (Validated | Failed) in the same step."""
+    def analyze(self, step: Step, live: dict[str, RunningStats]) -> None:
+        """Pending -> Analyzing: the live window's statistics per configured KPI."""
         d = self.data
         analysis = {
             kpi: live.get(kpi, RunningStats()).summary() | {"variance": live.get(kpi, RunningStats()).variance}
@@ -151,39 +176,46 @@ class Cycle:
         }
         d.analysis = {"window_hours": self.config.autopilot.analysis_window_hours, "kpis": analysis}
         self._fire(step, "start", {"origin": d.origin, "actor": d.actor, "analysis": d.analysis})
-        proposal_detail: dict[str, Any] = {"source": "ctl.propose", "actor": d.actor}
-        if d.proposal is None:
-            p = proposer(self)
-            proposal_detail = {"source": "optimizer", "method": p.method, "reason": p.reason, "seed": p.seed,
-                               "candidates": p.candidates, "safe_candidates": p.safe_candidates}
-            if not p.changes:
-                self._fire(step, "no_change", {"reason": f"optimizer proposes no change: {p.reason}", "proposal": proposal_detail})
-                return
-            d.proposal = {c.parameter_name: float(c.new_value) for c in p.changes}
-            d.changes = [msgspec.to_builtins(c) for c in p.changes]
-            d.prediction = msgspec.to_builtins(p.expected_impact) if p.expected_impact is not None else None
-        else:
+
+    def adopt(self, step: Step, suggestion: Proposal | None) -> bool:
+        """The change this cycle tries: the optimizer's ``suggestion``, or (None) the
+        operator's proposal it was started with. False: Analyzing -> NoChange."""
+        d = self.data
+        if suggestion is None:
             d.changes = [msgspec.to_builtins(manual_change(name, cards.get_path(d.base_card, name, None), value))
-                         for name, value in sorted(d.proposal.items())]
-        # Operators' values are refused when out of range, never changed;
-        # the optimizer's are clamped into the sliding range.
-        mode = "reject" if d.origin == "propose" else "clamp"
-        checks = [checker(name, value, mode) for name, value in sorted(d.proposal.items())]
+                         for name, value in sorted((d.proposal or {}).items())]
+            return True
+        if not suggestion.changes:
+            self._fire(step, "no_change", {"reason": f"optimizer proposes no change: {suggestion.reason}",
+                                           "proposal": self._proposal_detail(suggestion)})
+            return False
+        d.proposal = {c.parameter_name: float(c.new_value) for c in suggestion.changes}
+        d.changes = [msgspec.to_builtins(c) for c in suggestion.changes]
+        d.prediction = msgspec.to_builtins(suggestion.expected_impact) if suggestion.expected_impact is not None else None
+        return True
+
+    def bound(self, step: Step, suggestion: Proposal | None, checks: list[BoundsCheck], *,
+              golden: GoldenSet | None = None) -> None:
+        """Analyzing -> (Bounded | NoChange) on the bounds' ``checks`` of the proposal;
+        with the built-in golden set, Bounded -> (Validated | Failed) in the same step."""
+        d = self.data
+        proposal_detail = self._proposal_detail(suggestion)
         detail_checks = [msgspec.to_builtins(c) for c in checks]
         rejected = [c for c in checks if c.action == "rejected"]
         if rejected:
             self._fire(step, "no_change", {"reason": "proposal rejected by bounds: " + "; ".join(c.reason for c in rejected),
                                            "checks": detail_checks, "proposal": proposal_detail})
             return
+        proposal = d.proposal or {}
         for c in checks:
             if c.action == "clamped":
-                d.proposal[c.parameter] = float(c.value)
+                proposal[c.parameter] = float(c.value)
                 for change in d.changes:
                     if change["parameter_name"] == c.parameter:
                         change["new_value"] = float(c.value)
-        d.candidate_card = cards.with_values(d.base_card, d.proposal)
+        d.candidate_card = cards.with_values(d.base_card, proposal)
         d.candidate_version = cards.version_id(d.candidate_card)
-        self._fire(step, "bounds_ok", {"rule": "sliding bounds (" + mode + ")", "checks": detail_checks,
+        self._fire(step, "bounds_ok", {"rule": f"sliding bounds ({self.bounds_mode})", "checks": detail_checks,
                                        "changes": d.changes, "proposal": proposal_detail,
                                        "candidate_version": d.candidate_version})
         if golden is not None:
@@ -196,6 +228,18 @@ class Cycle:
             "cycle_id": d.cycle_id, "version_id": d.candidate_version, "parameters": self._params(d.candidate_card),
         }}))
         d.awaiting = effect_id
+
+    @property
+    def bounds_mode(self) -> ClampMode:
+        """Operators' values are refused when out of range, never changed; the
+        optimizer's are clamped into the sliding range."""
+        return "reject" if self.data.origin == "propose" else "clamp"
+
+    def _proposal_detail(self, suggestion: Proposal | None) -> dict[str, Any]:
+        if suggestion is None:
+            return {"source": "ctl.propose", "actor": self.data.actor}
+        return {"source": "optimizer", "method": suggestion.method, "reason": suggestion.reason, "seed": suggestion.seed,
+                "candidates": suggestion.candidates, "safe_candidates": suggestion.safe_candidates}
 
     def golden_result(self, step: Step, passed: bool, detail: dict[str, Any]) -> None:
         self.data.awaiting = None
@@ -213,7 +257,7 @@ class Cycle:
         if not applied:
             d.error = f"canary apply failed: {error}"
             # A timed-out apply may still have landed: put the canary arm back, to be safe.
-            self._apply(step, "canary_rollback", "canary", d.base_card, d.base_version, await_reply=False)
+            self._restore_canary_arm(step)
             self._fire(step, "canary_apply_failed", {"error": error, "precautionary_rollback": True})
             return
         duration = timedelta(minutes=self.config.autopilot.canary_duration_minutes)
@@ -225,15 +269,9 @@ class Cycle:
             "traffic_percentage": self.config.autopilot.canary_traffic_percentage,
         })
         d.timer_token = None
-        step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id, "token": d.deadline})
+        self._schedule_deadline(step)
         self._arm_check(step)
-        step.record_canary(self)
-
-    def _arm_check(self, step: Step) -> None:
-        d = self.data
-        at = step.now + timedelta(minutes=self.config.autopilot.check_interval_minutes)
-        if d.deadline and at < parse_time(d.deadline):
-            step.schedule(f"{d.cycle_id}.check", at, {"kind": "check", "cycle_id": d.cycle_id})
+        self.record_canary(step)
 
     def add_metric(self, arm: str, kpi: str, version_id: str | None, stats: RunningStats) -> bool:
         """Count a metric batch for the running canary; False when it does not belong."""
@@ -275,7 +313,7 @@ class Cycle:
             d.deadline = rfc3339(step.now + timedelta(seconds=window))
             self._fire(step, "extend", {"rule": "inconclusive at the deadline: one extension (autopilot.inconclusive_action)",
                                         "deadline": d.deadline, "decision": explanation})
-            step.schedule(f"{d.cycle_id}.deadline", parse_time(d.deadline), {"kind": "deadline", "cycle_id": d.cycle_id, "token": d.deadline})
+            self._schedule_deadline(step)
             self._arm_check(step)
             return
         recommendation = "proceed" if decision.action == "proceed" else decision.recommendation
@@ -292,7 +330,7 @@ class Cycle:
                                    "control": {k: v.summary() for k, v in d.control.items()},
                                    "canary": {k: v.summary() for k, v in d.canary.items()},
                                    "canary_result": d.canary_result, "decision": explanation})
-        step.record_canary(self)
+        self.record_canary(step)
         if recommendation == "proceed":
             self._apply(step, "live", "live", d.candidate_card or {}, d.candidate_version or "", await_reply=True)
         else:
@@ -318,10 +356,14 @@ class Cycle:
             "execution_time_seconds": (step.now - started).total_seconds(),
         }
 
-    def _rollback_canary(self, step: Step, why: str) -> None:
+    def _restore_canary_arm(self, step: Step) -> str:
+        """Put the base card back on the canary arm (fire and forget); the effect id."""
         d = self.data
-        effect_id = self._apply(step, "canary_rollback", "canary", d.base_card, d.base_version, await_reply=False)
-        self._fire(step, "rolled_back", {"reason": why, "restored_version": d.base_version, "effect_id": effect_id})
+        return self._apply(step, "canary_rollback", "canary", d.base_card, d.base_version, await_reply=False)
+
+    def _rollback_canary(self, step: Step, why: str) -> None:
+        effect_id = self._restore_canary_arm(step)
+        self._fire(step, "rolled_back", {"reason": why, "restored_version": self.data.base_version, "effect_id": effect_id})
 
     def live_apply_result(self, step: Step, applied: bool, error: str | None) -> None:
         d = self.data
@@ -342,16 +384,43 @@ class Cycle:
         d = self.data
         d.error = why
         if self.state in ("Validated", "Canary", "Gated"):
-            self._apply(step, "canary_rollback", "canary", d.base_card, d.base_version, await_reply=False)
+            self._restore_canary_arm(step)
         if self.state == "Gated":
             self._apply(step, "live_rollback", "live", d.base_card, d.base_version, await_reply=False)
         self._fire(step, "fail", {"reason": why})
 
     def cancel(self, step: Step, why: str) -> None:
-        d = self.data
         if self.state == "Validated":
-            self._apply(step, "canary_rollback", "canary", d.base_card, d.base_version, await_reply=False)
+            self._restore_canary_arm(step)
         self._fire(step, "cancel", {"reason": why})
+
+    # --- the rows infra stores with the step ------------------------------------------------
+
+    def record(self, step: Step) -> None:
+        """The cycle's ``autopilot_cycles`` row (and its snapshot), as of this step."""
+        d = self.data
+        step.cycle_rows.append({
+            "cycle_id": d.cycle_id, "started_at": d.started_at, "completed_at": d.completed_at,
+            "status": OUTCOME_STATUS.get(self.state, "running"),
+            "metrics_analysis": d.analysis, "proposed_changes": d.changes,
+            "deployment_result": {"state": self.state, "version_id": d.candidate_version, "gate": d.gate,
+                                  "canary_result": d.canary_result},
+            "error_message": d.error, "snapshot": msgspec.to_builtins(d),
+        })
+
+    def record_canary(self, step: Step) -> None:
+        """The cycle's ``canary_deployments`` row, as of this step."""
+        d = self.data
+        step.canary_rows.append({
+            "canary_id": f"{d.cycle_id}-canary", "cycle_id": d.cycle_id, "started_at": d.canary_started_at,
+            "completed_at": d.state_entered_at if d.gate else None,
+            "traffic_percentage": self.config.autopilot.canary_traffic_percentage,
+            "control_metrics": {k: v.summary() for k, v in d.control.items()},
+            "canary_metrics": {k: v.summary() for k, v in d.canary.items()},
+            "statistical_significance": (d.gate or {}).get("statistical_significance"),
+            "recommendation": (d.gate or {}).get("recommendation"),
+            "result": d.gate,
+        })
 
     def _finish(self, step: Step) -> None:
         d = self.data

@@ -8,16 +8,10 @@ writes all of them in the event's one transaction.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
-
-import msgspec
+from typing import Any
 
 from ..schemas.events import Effect, Inbound, TransitionRecord
 from ..schemas.messages import parse_time, rfc3339
-from .definition import OUTCOME_STATUS
-
-if TYPE_CHECKING:
-    from .cycle import Cycle
 
 
 class Step:
@@ -59,26 +53,3 @@ class Step:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
-
-    def record_cycle(self, cycle: "Cycle") -> None:
-        d = cycle.data
-        self.cycle_rows.append({
-            "cycle_id": d.cycle_id, "started_at": d.started_at, "completed_at": d.completed_at,
-            "status": OUTCOME_STATUS.get(cycle.state, "running"),
-            "metrics_analysis": d.analysis, "proposed_changes": d.changes,
-            "deployment_result": {"state": cycle.state, "version_id": d.candidate_version, "gate": d.gate,
-                                  "canary_result": d.canary_result},
-            "error_message": d.error, "snapshot": msgspec.to_builtins(d),
-        })
-
-    def record_canary(self, cycle: "Cycle") -> None:
-        d = cycle.data
-        self.canary_rows.append({
-            "canary_id": f"{d.cycle_id}-canary", "cycle_id": d.cycle_id, "started_at": d.canary_started_at,
-            "completed_at": d.state_entered_at if d.gate else None, "traffic_percentage": cycle.config.autopilot.canary_traffic_percentage,
-            "control_metrics": {k: v.summary() for k, v in d.control.items()},
-            "canary_metrics": {k: v.summary() for k, v in d.canary.items()},
-            "statistical_significance": (d.gate or {}).get("statistical_significance"),
-            "recommendation": (d.gate or {}).get("recommendation"),
-            "result": d.gate,
-        })

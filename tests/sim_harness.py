@@ -474,8 +474,8 @@ class SimWorld:
             "error_w0": self.surface.error(float(get_path(START_CARD, P)), t),
             "opt_w": opt, "entropy_opt": self.surface.entropy(opt, t),
             "paused": self.ap.paused(t),
-            "bounds_problems": [p for b in self.ap.state.bounds.values() for p in B.check_invariants(b, t)],
-            "bounds": msgspec.to_builtins(self.ap.state.bounds[P]) if P in self.ap.state.bounds else None,
+            "bounds_problems": [p for b in self.ap.tuning.bounds.values() for p in B.check_invariants(b, t)],
+            "bounds": msgspec.to_builtins(self.ap.tuning.bounds[P]) if P in self.ap.tuning.bounds else None,
         })
 
     # --- summaries ---------------------------------------------------------------------------------------

@@ -845,7 +845,7 @@ def test_replay_of_a_daily_cycle_after_a_deployed_one():
     if d.ap.running().state == "Canary":
         d.timer("deadline", at(63), cid1)
     d.answer_live(at(64))
-    assert d.ap.cycle.state == "Deployed" and d.ap.state.outcomes
+    assert d.ap.cycle.state == "Deployed" and d.ap.state.tuning.outcomes
     d.metric("selection_entropy", "live", None, d.rng.normal(1.1, 0.1, 500), at(120))
 
     state_before = msgspec.json.encode(d.ap.state)
@@ -891,7 +891,7 @@ def test_three_rolled_back_canaries_in_a_row_pause_the_autopilot_through_the_dri
 
 def test_triage_runs_on_its_weekly_timer_and_on_request():
     d = booted()
-    token = d.ap.state.next_triage
+    token = d.ap.state.monitor.next_triage
     assert token == "2026-11-29T02:00:00Z"  # the first Sunday 02:00 after the boot
     cid, _ = d.to_canary(start=1)
     d.command("abort", at(5))
@@ -901,5 +901,5 @@ def test_triage_runs_on_its_weekly_timer_and_on_request():
     stale = d.timer("triage", at(7), token="2026-11-22T02:00:00Z")
     assert not stale.triage_rows and stale.counters.get("stale_timers") == 1
     s = d.timer("triage", token, token=token)
-    assert len(s.triage_rows) == 1 and d.ap.state.next_triage == "2026-12-06T02:00:00Z"
+    assert len(s.triage_rows) == 1 and d.ap.state.monitor.next_triage == "2026-12-06T02:00:00Z"
     assert schedules(s, "triage")[0]["event"] == {"kind": "triage", "token": "2026-12-06T02:00:00Z"}
