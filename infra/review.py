@@ -10,8 +10,8 @@ import msgspec
 
 from ..handlers.golden import GoldenSet
 from ..schemas.config import Config
-from ..schemas.errors import StoreError
-from ..statemachine.replay import compare, replay_cycle
+from ..schemas.errors import ReplayMismatch, StoreError
+from ..statemachine.replay import replay_cycle, verify
 from .history import ParameterHistory
 from .store import Store
 
@@ -96,7 +96,11 @@ async def replay(config: Config, args: argparse.Namespace) -> int:
     golden = None if start.golden is None else msgspec.json.decode(start.golden, type=GoldenSet)
     replayed = replay_cycle(Config.model_validate_json(start.config), start.state_before, inbounds, args.cycle_id,
                             golden=golden)
-    problems = compare(recorded, replayed)
+    try:
+        verify(recorded, replayed, args.cycle_id)
+        problems: list[str] = []
+    except ReplayMismatch as mismatch:
+        problems = mismatch.problems
     result = {"cycle_id": args.cycle_id, "recorded": len(recorded), "replayed": len(replayed),
               "exact": not problems, "differences": problems,
               "transitions": [{"seq": t.seq, "from": t.from_, "to": t.to, "trigger": t.trigger, "at": t.at} for t in recorded]}

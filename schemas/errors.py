@@ -72,4 +72,9 @@ class VerificationFailed(HistoryError):
 
 
 class ReplayMismatch(AutopilotError):
-    """Replaying a cycle's events produced different transitions than recorded."""
+    """Replaying a cycle's events produced different transitions than recorded; ``problems`` says where."""
+
+    def __init__(self, cycle_id: str, problems: list[str]):
+        self.cycle_id = cycle_id
+        self.problems = problems
+        super().__init__(f"replay of {cycle_id} differs from the record:\n  " + "\n  ".join(problems))

@@ -13,6 +13,7 @@ import msgspec
 
 from ..handlers.golden import GoldenSet
 from ..schemas.config import Config
+from ..schemas.errors import ReplayMismatch
 from ..schemas.events import Inbound, TransitionRecord
 from .autopilot import Autopilot, AutopilotState
 from .definition import TERMINAL
@@ -30,6 +31,13 @@ def replay_cycle(config: Config, state_before: bytes, inbounds: Iterable[Inbound
         if out and out[-1].to in TERMINAL:
             break
     return out
+
+
+def verify(recorded: list[TransitionRecord], replayed: list[TransitionRecord], cycle_id: str) -> None:
+    """Raise :class:`ReplayMismatch` unless the replay is exact."""
+    problems = compare(recorded, replayed)
+    if problems:
+        raise ReplayMismatch(cycle_id, problems)
 
 
 def compare(recorded: list[TransitionRecord], replayed: list[TransitionRecord]) -> list[str]:

@@ -11,12 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
-import msgspec
 import pytest
 
 from sim_harness import (FAILING_GOLDEN, P, T0, Faults, SimWorld, cycle_no, sim_config)  # noqa: F401
-from vvtv_autopilot.schemas.events import Inbound
-from vvtv_autopilot.statemachine import Autopilot, AutopilotState
 from vvtv_autopilot.statemachine.definition import TERMINAL
 from vvtv_autopilot.statemachine.replay import compare, replay_cycle
 
@@ -259,17 +256,6 @@ def test_golden_timeouts_in_service_mode_pause_then_recover():
 # --- (c) replay ---------------------------------------------------------------------------------------
 
 
-def _replay_with(config, golden, state_before: bytes, inbounds: list[Inbound], cycle_id: str):
-    """statemachine.replay.replay_cycle, but with the core built as the service builds it."""
-    core = Autopilot(config, msgspec.json.decode(state_before, type=AutopilotState), golden=golden)
-    out = []
-    for ib in inbounds:
-        out.extend(t for t in core.handle(ib).transitions if t.cycle_id == cycle_id)
-        if out and out[-1].to in TERMINAL:
-            break
-    return out
-
-
 def _sample_cycles(world: SimWorld) -> list:
     picked, seen = [], set()
     for c in world.cycles.values():
@@ -284,7 +270,7 @@ def test_replay_reproduces_cycles_exactly(clean_run: SimWorld):
     cycles = _sample_cycles(w)
     assert {c.outcome for c in cycles} >= {"Deployed", "RolledBack"}
     for c in cycles:
-        replayed = _replay_with(w.config, w.golden, c.state_before, w.fed[c.fed_index:], c.cycle_id)
+        replayed = replay_cycle(w.config, c.state_before, w.fed[c.fed_index:], c.cycle_id, golden=w.golden)
         assert compare(c.transitions, replayed) == [], c.cycle_id
 
 
