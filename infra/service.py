@@ -23,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from ..handlers.card import version_id
 from ..handlers.golden import GoldenSet, builtin_golden_set, parse_golden_set
 from ..schemas.config import Config
-from ..schemas.errors import ConfigError, MessageError
+from ..schemas.errors import ConfigError, HistoryError, MessageError
 from ..schemas.events import Boot, CommandEvent, Inbound, MetricStats, TimerEvent
 from ..schemas.messages import DeadLetter, encode, rfc3339
 from ..statemachine import Autopilot, AutopilotState, CycleData
@@ -274,7 +274,10 @@ class Service:
             card = await asyncio.to_thread(self.card.rollback_to, body["version_id"],
                                            reason=body.get("reason") or "operator rollback")
             body["verified"] = {"version_id": body["version_id"], "card": card}
-        except Exception as exc:  # unknown, corrupt, invalid: refused with the history's reason
+        except (HistoryError, OSError) as exc:
+            # unknown, corrupt, invalid, or the disk refused: the core refuses with this reason.
+            # Anything else is a bug: it surfaces (logged, the request answered as an internal error).
+            log.warning("rollback to %s refused: %s", body["version_id"], exc)
             body["rollback_error"] = str(exc)
         return msgspec.structs.replace(ib, event=msgspec.structs.replace(ib.event, body=body))
 
