@@ -8,19 +8,15 @@ without a card writes one with every tunable parameter at its range's middle.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..handlers.card import get_path, version_id, with_values
 from ..schemas.config import Config
+from .clock import now
 from .history import ParameterHistory
 
 log = logging.getLogger("vvtv_autopilot.card")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class CardFile:
@@ -32,7 +28,7 @@ class CardFile:
         if card is None:
             card = with_values({}, {name: round((spec.min + spec.max) / 2, 6) for name, spec in config.parameters.items()})
             log.warning("no business-logic card at %s: writing one with every parameter at mid-range", self.history.card_path)
-            self.history.deploy(card, [], "initial card: parameters at mid-range", _now())
+            self.history.deploy(card, [], "initial card: parameters at mid-range", now())
         else:
             missing = [name for name in config.parameters if get_path(card, name, None) is None]
             if missing:
@@ -44,9 +40,9 @@ class CardFile:
             return
         if version_id(card) != vid:
             raise ValueError(f"card does not hash to its version id {vid}")
-        self.history.deploy(card, changes, rationale, _now())
+        self.history.deploy(card, changes, rationale, now())
         self.history.mark_known_good(vid)
 
     def rollback_to(self, vid: str, *, reason: str) -> dict[str, Any]:
-        self.history.rollback_to_version(vid, _now())
+        self.history.rollback_to_version(vid, now())
         return self.history.load_card(vid)

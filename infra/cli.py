@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.config import Config, load_config
-from ..schemas.errors import AutopilotError, BusError, ConfigError
+from ..schemas.errors import AutopilotError, BusError, ConfigError, MessageError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -121,7 +121,12 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 async def _request(config: Config, verb: str, body: dict[str, Any], timeout: float, inbox_prefix: str = "_INBOX") -> dict[str, Any]:
+    from nats.errors import Error as NatsError
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+
     from .bus import connect, redact
+    from .inbound import excerpt
 
     async def _quiet(exc: Exception) -> None:
         pass  # a failed attempt is reported once, below, as a BusError
@@ -138,13 +143,25 @@ async def _request(config: Config, verb: str, body: dict[str, Any], timeout: flo
             timeout=timeout)
     except asyncio.TimeoutError:
         raise BusError(f"cannot reach NATS at {redact(url)} within {timeout}s") from None
-    try:
-        msg = await nc.request(f"{config.bus.prefix}.autopilot.ctl.{verb}", json.dumps(body).encode(), timeout=timeout)
-        return json.loads(msg.data)
-    except Exception as exc:
-        raise BusError(f"the autopilot did not answer {verb} within {timeout}s ({type(exc).__name__}); is it running?") from exc
+    subject = f"{config.bus.prefix}.autopilot.ctl.{verb}"
+    try:  # nats-py's errors stop here, in the project's words
+        msg = await nc.request(subject, json.dumps(body).encode(), timeout=timeout)
+    except NoRespondersError:  # answered at once by the server: no waiting was involved
+        raise BusError(f"no autopilot is listening on {subject} (no responder); is it running, with this bus prefix?") from None
+    except (NatsTimeout, asyncio.TimeoutError):
+        raise BusError(f"the autopilot did not answer {verb} within {timeout}s; is it running?") from None
+    except NatsError as exc:
+        raise BusError(f"the {verb} request on {subject} failed: {exc}") from exc
     finally:
         await nc.close()
+    try:
+        reply = json.loads(msg.data)
+    except ValueError:  # not JSON, or not UTF-8
+        raise MessageError(f"the autopilot replied to {verb} with something that is not valid JSON: "
+                           f"{excerpt(msg.data, 200)!r}") from None
+    if not isinstance(reply, dict):
+        raise MessageError(f"the autopilot's reply to {verb} is not a JSON object: {excerpt(msg.data, 200)!r}")
+    return reply
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:

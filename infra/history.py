@@ -9,6 +9,8 @@ Layout of the history folder::
     state.json               {"last_known_good": version_id | null}
     quarantine/<sha>.card    raw bytes of an unparsable live card, kept before it is overwritten
     .lock                    flock: one writer at a time across processes
+    .<name>.<pid>.tmp        a write in progress (here and next to the live card);
+                             a killed writer's leftover is removed by cleanup_old_versions
 
 A version exists once its metadata exists. The card file is written first and
 the metadata second, so a crash in between leaves a card file without metadata:
@@ -25,12 +27,18 @@ Time is an argument (``at``, ``now``), never read from the clock.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
-import os  # noqa: F401  (tests patch ``history.os.listdir``)
-from datetime import datetime
+import os
+import re
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import msgspec
 
@@ -42,10 +50,8 @@ from ..schemas.errors import (
     VerificationFailed,
     VersionNotFound,
 )
-# Called through this module's namespace: tests patch history.atomic_write_bytes and history._read_bytes.
-from ._history_files import _STATE_FILE, _WriterLock, _decode_card, _parse_time, _read_bytes, _sha256, _unlink, _utc
-from ._history_folder import _HistoryFolder
-from ._history_version import ParameterVersion, check_version_id
+# Called through this module's namespace: tests patch history.atomic_write_bytes,
+# history._read_bytes and history.os.listdir.
 from .atomicfile import atomic_write_bytes, fsync_dir
 
 __all__ = [
@@ -62,7 +68,145 @@ PRE_ROLLBACK_BACKUP = "pre_rollback_backup"
 PRE_DEPLOY_BACKUP = "pre_deploy_backup"
 
 
-class ParameterHistory(_HistoryFolder):
+# ----------------------------------------------------------------- names, times, hashes, reads
+
+_CARD_FILE = re.compile(r"([0-9a-f]{64})\.json")
+_META_FILE = re.compile(r"([0-9a-f]{64})\.meta\.json")
+_STATE_FILE = "state.json"
+
+
+def _utc(at: datetime, name: str) -> datetime:
+    if not isinstance(at, datetime) or at.tzinfo is None:
+        raise ValueError(f"`{name}` must be a timezone-aware datetime, got {at!r}")
+    return at.astimezone(timezone.utc)
+
+
+def _rfc3339(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(text: str) -> datetime:
+    return _utc(datetime.fromisoformat(text.replace("Z", "+00:00")), "timestamp")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode_card(data: bytes) -> dict[str, Any] | None:
+    """The card in ``data`` if it is a strict JSON object (no NaN/Infinity), else None."""
+    try:
+        card = json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return None
+    return card if isinstance(card, dict) else None
+
+
+# ----------------------------------------------------------------- a version: its id and metadata
+
+_VERSION_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def check_version_id(version_id: object) -> str:
+    """Return ``version_id`` if it is 64 lowercase hex characters; refuse anything else.
+
+    Runs before any path is built from the id, so an id like ``../../etc`` never
+    reaches the file system.
+    """
+    if not isinstance(version_id, str) or not _VERSION_ID.fullmatch(version_id):
+        shown = repr(version_id)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise InvalidVersionId(f"invalid version id {shown}: a version id is exactly 64 lowercase hex characters")
+    return version_id
+
+
+@dataclass(frozen=True)
+class ParameterVersion:
+    """One stored card's metadata (the card itself: :meth:`ParameterHistory.load_card`)."""
+
+    version_id: str
+    timestamp: datetime  # when this card was first stored
+    touched_at: datetime  # when it was last stored, deployed or rolled back to (retention counts from here)
+    changes: tuple[Any, ...]
+    rationale: str
+    deployment_result: Any
+    file_path: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as the CLI's ``history --json`` prints it."""
+        return {
+            "version_id": self.version_id,
+            "timestamp": _rfc3339(self.timestamp),
+            "touched_at": _rfc3339(self.touched_at),
+            "changes": list(self.changes),
+            "rationale": self.rationale,
+            "deployment_result": self.deployment_result,
+            "file_path": str(self.file_path),
+        }
+
+
+# ----------------------------------------------------------------- the writer lock
+
+
+class _WriterLock:
+    """Reentrant within a process (RLock), exclusive across processes (flock on one file).
+
+    flock is released by the kernel when its holder dies, so a SIGKILLed writer
+    never leaves the history locked.
+    """
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._rlock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._rlock:
+            if self._depth == 0:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._fd = fd
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._fd is not None:
+                    os.close(self._fd)  # closing the last descriptor releases the flock
+                    self._fd = None
+
+
+# ----------------------------------------------------------------- the history
+
+
+class ParameterHistory:
     """The business-logic card at ``card_path`` and every version it has had.
 
     ``validate_card`` (optional) checks a card before it is deployed or rolled
@@ -118,6 +262,44 @@ class ParameterHistory(_HistoryFolder):
             return None if vid is None else check_version_id(vid)
         except (ValueError, AttributeError, InvalidVersionId) as exc:
             raise HistoryError(f"history state file {self.history_dir / _STATE_FILE} is unreadable: {exc}") from exc
+
+    def version_path(self, version_id: str) -> Path:
+        return self.history_dir / f"{check_version_id(version_id)}.json"
+
+    def get_version(self, version_id: str) -> ParameterVersion:
+        """The stored version, its card checked against its name; :class:`VersionNotFound` or :class:`CorruptVersion`."""
+        return self._load(check_version_id(version_id), parse=False)[0]
+
+    def load_card(self, version_id: str) -> dict[str, Any]:
+        """The card of a stored version, checked against its name."""
+        return self._load(check_version_id(version_id))[1]
+
+    def get_version_history(self, limit: int | None = None) -> list[ParameterVersion]:
+        """Stored versions, newest first (by first-stored time). Corrupt ones are logged and left out."""
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        versions = []
+        for vid in self._stored_ids():
+            try:
+                versions.append(self._load(vid, parse=False)[0])
+            except CorruptVersion as exc:
+                log.warning("skipping corrupt history version: %s", exc)
+            except VersionNotFound:
+                pass  # removed between listing and reading
+        versions.sort(key=lambda v: (v.timestamp, v.touched_at, v.version_id), reverse=True)
+        return versions if limit is None else versions[:limit]
+
+    def corrupt_versions(self) -> list[tuple[str, str]]:
+        """Every stored version that fails its check, as ``(version_id, reason)``."""
+        found = []
+        for vid in self._stored_ids():
+            try:
+                self._load(vid)
+            except CorruptVersion as exc:
+                found.append((vid, str(exc)))
+            except VersionNotFound:
+                pass
+        return found
 
     # ----------------------------------------------------------------- writing
 
@@ -194,6 +376,47 @@ class ParameterHistory(_HistoryFolder):
             self._load(vid, parse=False)
             state = json.dumps({"last_known_good": vid}, sort_keys=True).encode()
             atomic_write_bytes(self.history_dir / _STATE_FILE, state)
+
+    def cleanup_old_versions(self, retention_days: float, now: datetime) -> int:
+        """Delete versions not touched within ``retention_days`` of ``now``; return how many.
+
+        Never deletes the live card's version or the last known-good one; if the
+        known-good state file is unreadable it deletes nothing (HistoryError).
+        Also removes leftovers of interrupted writes (temp files, card files
+        without metadata older than the retention).
+        """
+        if isinstance(retention_days, bool) or not isinstance(retention_days, (int, float)) or not retention_days >= 0:
+            raise ValueError(f"retention_days must be a non-negative number, got {retention_days!r}")
+        cutoff = _utc(now, "now") - timedelta(days=retention_days)
+        with self._lock.held():
+            keep = {self.last_known_good()}
+            try:
+                keep.add(self.current_version_id())
+            except HistoryError as exc:
+                log.warning("live card unreadable during cleanup; only last known-good is protected: %s", exc)
+            removed = 0
+            for vid in self._stored_ids():
+                if vid in keep:
+                    continue
+                meta_path = self.history_dir / f"{vid}.meta.json"
+                try:
+                    touched = _parse_time(json.loads(meta_path.read_bytes())["touched_at"])
+                except FileNotFoundError:
+                    continue
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    touched = datetime.fromtimestamp(meta_path.stat().st_mtime, timezone.utc)
+                if touched < cutoff:
+                    # metadata first: the version stops existing, then its card goes
+                    _unlink(meta_path)
+                    _unlink(self.history_dir / f"{vid}.json")
+                    removed += 1
+            for path in self._orphan_card_files():
+                if path.name[:64] not in keep and datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < cutoff:
+                    _unlink(path)
+            self._remove_temp_files()
+            if self.history_dir.exists():
+                fsync_dir(self.history_dir)
+            return removed
 
     # ----------------------------------------------------------------- internals
 
@@ -349,3 +572,35 @@ class ParameterHistory(_HistoryFolder):
                 atomic_write_bytes(self.card_path, old)
         except OSError as exc:
             raise HistoryError(f"restoring the previous card at {self.card_path} failed: {exc}") from exc
+
+    def _stored_ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.history_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(m.group(1) for m in map(_META_FILE.fullmatch, names) if m)
+
+    def _orphan_card_files(self) -> list[Path]:
+        try:
+            names = set(os.listdir(self.history_dir))
+        except FileNotFoundError:
+            return []
+        return [
+            self.history_dir / name
+            for name in sorted(names)
+            if _CARD_FILE.fullmatch(name) and f"{name[:64]}.meta.json" not in names
+        ]
+
+    def _remove_temp_files(self) -> None:
+        # Under the writer lock no other writer is mid-write, so every temp file
+        # of ours is a leftover of a killed process.
+        card_tmp = re.compile(re.escape(f".{self.card_path.name}.") + r"\d+\.tmp")
+        history_tmp = re.compile(r"\.([0-9a-f]{64}(\.meta)?\.json|state\.json)\.\d+\.tmp")
+        for folder, pattern in ((self.card_path.parent, card_tmp), (self.history_dir, history_tmp)):
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if pattern.fullmatch(name):
+                    _unlink(folder / name)

@@ -16,12 +16,17 @@ import logging
 from typing import Awaitable, Callable
 
 import msgspec
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from ..schemas.config import Config
+from ..schemas.errors import BusError, MessageError
 from ..schemas.events import ApplyResult, Effect, GoldenResult, Inbound
 from . import bus as busmod
 from .cardfile import CardFile
 from .clock import utcnow
+from .inbound import excerpt
 from .store import Store
 
 log = logging.getLogger("vvtv_autopilot.relay")
@@ -98,31 +103,60 @@ class OutboxRelay:
             else:
                 event = await self._golden(effect)
             await self._process([Inbound(key=f"reply:{effect.effect_id}", subject=effect.kind, at=utcnow(), event=event)])
+        except Exception:  # a bug or a failed commit: this task's exception would otherwise go unseen
+            log.exception("%s request %s failed; the effect stays unsent and is retried", effect.kind, effect.effect_id)
         finally:
             self._inflight.discard(effect.effect_id)
+
+    async def _ask(self, subject: str, request: object, timeout: float) -> object:
+        """VVTV's reply to ``request``, decoded. nats-py's errors stop here, in the
+        project's words: :class:`TimeoutError` when no reply came in time (the
+        callers say how long they waited), :class:`BusError` when the request failed
+        otherwise (nobody listening: at once, not after the timeout), and
+        :class:`MessageError` when the reply is not JSON."""
+        try:
+            msg = await self.nc.request(subject, _enc.encode(request), timeout=timeout)
+        except NoRespondersError:
+            raise BusError(f"no responder on {subject}: VVTV is not listening") from None
+        except (NatsTimeout, asyncio.TimeoutError):
+            raise TimeoutError(f"no reply on {subject} within {timeout}s") from None
+        except NatsError as exc:
+            raise BusError(f"the request on {subject} failed: {exc}") from exc
+        try:
+            return msgspec.json.decode(msg.data)
+        except msgspec.DecodeError:
+            raise MessageError(f"VVTV replied with something that is not valid JSON: {excerpt(msg.data, 200)!r}") from None
 
     async def _apply(self, effect: Effect) -> ApplyResult:
         req = effect.body["request"]
         timeout = self.config.autopilot.apply_timeout_seconds
         try:
-            msg = await self.nc.request(self.subjects.apply(), _enc.encode(req), timeout=timeout)
-            reply = msgspec.json.decode(msg.data)
+            reply = await self._ask(self.subjects.apply(), req, timeout)
+        except TimeoutError:
+            applied, error = False, f"no reply within {timeout}s"
+        except (BusError, MessageError) as exc:
+            applied, error = False, str(exc)
+        else:
             applied = bool(reply.get("applied")) if isinstance(reply, dict) else False
             error = reply.get("error") if isinstance(reply, dict) else "reply is not a JSON object"
-        except Exception as exc:
-            applied, error = False, f"no reply within {timeout}s ({type(exc).__name__})"
         return ApplyResult(effect.effect_id, req.get("cycle_id"), effect.body["purpose"], applied, error)
 
     async def _golden(self, effect: Effect) -> GoldenResult:
+        """Fail safe: no valid answer is a failed validation."""
         req = effect.body["request"]
         timeout = self.config.golden.timeout_seconds
         try:
-            msg = await self.nc.request(self.subjects.golden(), _enc.encode(req), timeout=timeout)
-            reply = msgspec.json.decode(msg.data)
+            reply = await self._ask(self.subjects.golden(), req, timeout)
+        except TimeoutError:
+            return GoldenResult(effect.effect_id, req["cycle_id"], False, 0, [], error=f"no valid reply within {timeout}s")
+        except (BusError, MessageError) as exc:
+            return GoldenResult(effect.effect_id, req["cycle_id"], False, 0, [], error=str(exc))
+        try:
             if not isinstance(reply, dict) or not isinstance(reply.get("passed"), bool):
-                raise ValueError("reply lacks a boolean `passed`")
+                raise ValueError("it lacks a boolean `passed`")
             failures = [{"case": str(f.get("case")), "reason": str(f.get("reason"))} for f in reply.get("failures") or []]
-            return GoldenResult(effect.effect_id, req["cycle_id"], reply["passed"], int(reply.get("cases_run") or 0), failures)
-        except Exception as exc:  # fail safe: no valid answer is a failed validation
+            cases_run = int(reply.get("cases_run") or 0)
+        except (ValueError, TypeError, AttributeError) as exc:  # the reply's shape, not our code
             return GoldenResult(effect.effect_id, req["cycle_id"], False, 0, [],
-                                error=f"no valid reply within {timeout}s ({type(exc).__name__}: {exc})")
+                                error=f"VVTV's golden-set reply is not valid: {exc} (reply: {excerpt(_enc.encode(reply), 200)!r})")
+        return GoldenResult(effect.effect_id, req["cycle_id"], reply["passed"], cases_run, failures)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -24,14 +23,14 @@ from nats.errors import TimeoutError as NatsTimeout
 from ..handlers.card import version_id
 from ..handlers.golden import GoldenSet, builtin_golden_set, parse_golden_set
 from ..schemas.config import Config
-from ..schemas.errors import ConfigError, MessageError
+from ..schemas.errors import ConfigError, HistoryError, MessageError
 from ..schemas.events import Boot, CommandEvent, Inbound, MetricStats, TimerEvent
 from ..schemas.messages import DeadLetter, encode, rfc3339
 from ..statemachine import Autopilot, AutopilotState, CycleData
 from ..statemachine.step import Step
 from . import bus as busmod
 from .cardfile import CardFile
-from .clock import utcnow
+from .clock import now, utcnow
 from .relay import OutboxRelay
 from .inbound import alert_inbound, command_event, excerpt, metric_inbound
 from .natsserver import EmbeddedNats
@@ -245,7 +244,7 @@ class Service:
         try:
             if verb == "status":
                 command_event(verb, msg.data, "ctl")  # validates the (optional) body
-                reply = self.core.status(datetime.now(timezone.utc))
+                reply = self.core.status(now())
                 reply["counters"] = await self.store.counters()
             else:
                 event = command_event(verb, msg.data, "ctl")
@@ -254,7 +253,7 @@ class Service:
                 reply = steps[0].reply if steps else None
         except MessageError as exc:
             await self.store.add_counter("refused_requests")
-            state = self.core.mode(datetime.now(timezone.utc)) if self.core else "Unknown"
+            state = self.core.mode(now()) if self.core else "Unknown"
             reply = {"ok": False, "error": str(exc), "state": state, "cycle_id": None}
         except Exception as exc:  # never leave an operator without an answer
             log.exception("control %s failed", verb)
@@ -275,7 +274,10 @@ class Service:
             card = await asyncio.to_thread(self.card.rollback_to, body["version_id"],
                                            reason=body.get("reason") or "operator rollback")
             body["verified"] = {"version_id": body["version_id"], "card": card}
-        except Exception as exc:  # unknown, corrupt, invalid: refused with the history's reason
+        except (HistoryError, OSError) as exc:
+            # unknown, corrupt, invalid, or the disk refused: the core refuses with this reason.
+            # Anything else is a bug: it surfaces (logged, the request answered as an internal error).
+            log.warning("rollback to %s refused: %s", body["version_id"], exc)
             body["rollback_error"] = str(exc)
         return msgspec.structs.replace(ib, event=msgspec.structs.replace(ib.event, body=body))
 
@@ -355,4 +357,4 @@ class Service:
     # --- introspection for the CLI ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return self.core.status(datetime.now(timezone.utc))
+        return self.core.status(now())
