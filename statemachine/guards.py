@@ -127,6 +127,10 @@ def triage(ap: "Autopilot", step: Step, *, reason: str) -> TriageReport:
     ap.state_dirty = True
     step.triage_rows.append(report)
     step.publish("autopilot.evt.triage", msgspec.to_builtins(report) | {"reason": reason})
+    # --- GitHub issues (#13): with github_integration_enabled, one "github_issues" outbox effect ---
+    from ..handlers.triage import github_issues_effect
+    step.effects.extend(github_issues_effect(report, ap.config.autopilot.incident_triage, new_id=step.next_id))
+    # --- end GitHub issues ---
     return report
 
 
