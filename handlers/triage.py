@@ -97,7 +97,7 @@ class GitHubIssue(msgspec.Struct, frozen=True, kw_only=True):
     assignees: list[str] = []
     comment: str = ""               # what to post instead when an open issue with this key exists
     # Set by infra after sending (stored in triage_reports.github_issues):
-    action: str | None = None       # "created" | "commented" | "already-filed" | "failed"
+    action: str | None = None       # "created" | "commented" | "failed"
     number: int | None = None
     url: str | None = None          # the issue's (or the comment's) html_url
     error: str | None = None

@@ -12,7 +12,8 @@ draft, in order:
 2. the open issues carrying the drafts' common labels, looked up by the draft's
    issue marker (``<parameter>/<category>``):
    - found, with this report's marker in its body or in one of its comments:
-     already filed (a replay after a crash between GitHub's answer and our record);
+     this report filed it already (a replay after a crash between GitHub's
+     answer and our record): nothing is sent, the result says ``replayed``;
    - found otherwise: ``POST .../issues/{n}/comments`` (the same problem, seen again);
 3. none found: ``POST /repos/{owner}/{repo}/issues``.
 
@@ -219,12 +220,12 @@ async def _file_one(client: GitHubClient, repository: str, report_id: str, issue
             if mark in (existing.get("body") or ""):
                 log.info("GitHub issue #%d in %s already filed for %s by report %s (a replay): nothing sent",
                          number, repository, key, report_id)
-                return {"action": "already-filed", "number": number, "url": existing.get("html_url")}
+                return {"action": "created", "number": number, "url": existing.get("html_url"), "replayed": True}
             done = next((c for c in await client.comments(repository, number) if mark in (c.get("body") or "")), None)
             if done is not None:
                 log.info("GitHub issue #%d in %s already has report %s's comment for %s (a replay): nothing sent",
                          number, repository, report_id, key)
-                return {"action": "already-filed", "number": number, "url": done.get("html_url")}
+                return {"action": "commented", "number": number, "url": done.get("html_url"), "replayed": True}
             comment = await client.create_comment(repository, number, issue.get("comment") or issue["body"])
             log.info("GitHub issue #%d in %s is still open for %s: commented for report %s instead of a new issue: %s",
                      number, repository, key, report_id, comment.get("html_url"))

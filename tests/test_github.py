@@ -101,7 +101,7 @@ async def test_a_retry_and_a_replay_create_nothing_new_and_a_new_report_comments
     assert error is None and len(gh.requests) == before and issues[0]["number"] == 1
     # a replay that lost the record (crash between GitHub's answer and our commit): found by its marker
     issues, error, _ = await send(gh, cfg, body, {})
-    assert error is None and issues[0]["action"] == "already-filed" and issues[0]["number"] == 1
+    assert error is None and issues[0]["action"] == "created" and issues[0]["replayed"] and issues[0]["number"] == 1
     assert len(gh.posts()) == 1 and len(gh.issues) == 1
     # next week's report, same parameter and category: a comment on the open issue, not a twin
     body2 = effect_body(cfg, report_id="triage-2")
@@ -112,7 +112,8 @@ async def test_a_retry_and_a_replay_create_nothing_new_and_a_new_report_comments
     assert issues[0]["url"].startswith("https://github.example/vvtv/ops/issues/1#issuecomment-")
     # ... and its replay finds the comment
     issues, error, _ = await send(gh, cfg, body2, {})
-    assert issues[0]["action"] == "already-filed" and len(gh.comments()) == 1 and len(gh.issues) == 1
+    assert issues[0]["action"] == "commented" and issues[0]["replayed"] and len(gh.comments()) == 1
+    assert len(gh.issues) == 1
     # a closed issue is not reopened by a comment: a new one is filed
     gh.issues[1]["state"] = "closed"
     issues, error, _ = await send(gh, cfg, effect_body(cfg, report_id="triage-3"), {})
@@ -129,7 +130,7 @@ async def test_a_create_whose_answer_was_lost_is_looked_up_not_repeated(gh, fail
     issues, error, _ = await send(gh, cfg, effect_body(cfg))
     assert error is None
     assert len(gh.posts()) == 1 and len(gh.issues) == 1
-    assert issues[0]["action"] == "already-filed" and issues[0]["number"] == 1
+    assert issues[0]["action"] == "created" and issues[0]["replayed"] and issues[0]["number"] == 1
 
 
 @pytest.mark.parametrize("kind", ["403 X-RateLimit-Remaining: 0", "429 Retry-After: 1"])
