@@ -203,3 +203,23 @@ async def test_a_forbidden_token_and_a_refused_request_are_not_retried(gh):
     assert len(gh.issues) == 0
     _, error, _ = await send(gh, config(gh, repository="vvtv/nope"), effect_body(config(gh, repository="vvtv/nope")))
     assert isinstance(error, GitHubRefused) and error.status == 404
+
+
+def test_the_configuration_never_holds_the_token_and_needs_a_repository():
+    from vvtv_autopilot.schemas.config import parse_config
+    from vvtv_autopilot.schemas.errors import ConfigError
+
+    secret = "ghp_in_the_file_by_mistake"
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"autopilot": {"incident_triage": {"github": {"repository": "vvtv/ops", "token": secret}}}})
+    assert "environment variable" in str(exc.value) and secret not in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"autopilot": {"incident_triage": {"github_integration_enabled": True}}})
+    assert "github.repository" in str(exc.value)
+    with pytest.raises(ConfigError):
+        parse_config({"autopilot": {"incident_triage": {"github": {"api_url": "ftp://x"}}}})
+    cfg = parse_config({"autopilot": {"incident_triage": {"github": {"api_url": "https://ghe.example/api/v3/"}}}},
+                       env={"VVTV_AUTOPILOT__AUTOPILOT__INCIDENT_TRIAGE__GITHUB__REPOSITORY": "vvtv/ops"})
+    gh = cfg.autopilot.incident_triage.github
+    assert gh.api_url == "https://ghe.example/api/v3" and gh.repository == "vvtv/ops"
+    assert cfg.autopilot.incident_triage.github_integration_enabled is False    # off by default
