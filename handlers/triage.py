@@ -4,9 +4,15 @@ Pure: every function takes the history, the drift events, the bounds and
 ``now`` as arguments; nothing reads the clock, touches the network or writes a
 file. :func:`run_weekly_triage` returns a :class:`TriageReport` (one row of
 ``triage_reports``). Its GitHub issues are *drafts* (``created=False``): this
-module never sends anything, and drafts are only produced at all when
-``github_integration_enabled`` is set. Its ``bounds_adjustments`` are
-suggestions for a human (``applied=False``); nothing here changes a bound.
+module never sends anything. Drafts are written whether or not
+``github_integration_enabled`` is set (with the switch off they are for a
+person to read or file by hand); with the switch on,
+:func:`github_issues_effect` turns them into one ``github_issues`` outbox
+effect that infra sends (``infra/github.py``). Each draft carries two stable
+markers in its body (HTML comments, invisible on GitHub): the issue key
+``<parameter>/<category>`` and the report id, by which a retried or replayed
+send finds what it already filed. Its ``bounds_adjustments`` are suggestions
+for a human (``applied=False``); nothing here changes a bound.
 
 Rules, exactly:
 
@@ -43,11 +49,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import msgspec
 
 from ..schemas.config import IncidentTriageConfig
+from ..schemas.events import Effect
 from ..schemas.messages import parse_time, rfc3339
 from .bounds import ParameterBounds
 from .drift import CycleSummary, DriftEvent
@@ -85,7 +92,15 @@ class GitHubIssue(msgspec.Struct, frozen=True, kw_only=True):
     title: str
     body: str
     labels: list[str]
-    created: bool = False           # a draft: this module never sends it
+    created: bool = False           # a draft: this module never sends it (infra sets True once filed)
+    key: str = ""                   # "<parameter>/<category>": one open issue per key
+    assignees: list[str] = []
+    comment: str = ""               # what to post instead when an open issue with this key exists
+    # Set by infra after sending (stored in triage_reports.github_issues):
+    action: str | None = None       # "created" | "commented" | "failed"
+    number: int | None = None
+    url: str | None = None          # the issue's (or the comment's) html_url
+    error: str | None = None
 
 
 class TriageReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -246,11 +261,25 @@ def generate_patch_suggestions(failures: Mapping[str, Sequence[FailureInstance]]
     return out
 
 
+def issue_marker(key: str) -> str:
+    """The stable marker of an issue key (``<parameter>/<category>``) in an issue's body."""
+    return f"<!-- vvtv-autopilot:issue {key} -->"
+
+
+def report_marker(report_id: str) -> str:
+    """The marker of the triage report that filed (or commented on) an issue."""
+    return f"<!-- vvtv-autopilot:report {report_id} -->"
+
+
 def draft_github_issues(suggestions: Iterable[PatchSuggestion], *, period: tuple[str, str],
-                        report_id: str) -> list[GitHubIssue]:
-    """Issue drafts (never sent here) for a human to review."""
+                        report_id: str, labels: Sequence[str] = ("autopilot", "triage"),
+                        assignees: Sequence[str] = ()) -> list[GitHubIssue]:
+    """Issue drafts (never sent here) for a human to review, with the comment to post instead
+    when an open issue for the same parameter and category already exists."""
     out = []
     for s in suggestions:
+        key = f"{s.parameter}/{s.category}"
+        markers = [issue_marker(key), report_marker(report_id)]
         body = "\n".join([
             f"Weekly autopilot triage `{report_id}` ({period[0]} .. {period[1]}).",
             "",
@@ -265,11 +294,36 @@ def draft_github_issues(suggestions: Iterable[PatchSuggestion], *, period: tuple
             s.rationale,
             "",
             "Suggested by the autopilot's weekly triage; nothing was changed automatically.",
+            "",
+            *markers,
+        ])
+        comment = "\n".join([
+            f"Seen again by weekly autopilot triage `{report_id}` ({period[0]} .. {period[1]}): "
+            f"{s.failures} incidents ({', '.join(s.incidents)}).",
+            "",
+            f"**Suggested range:** [{s.suggested_bounds[0]:.6g}, {s.suggested_bounds[1]:.6g}] "
+            f"(current [{s.current_bounds[0]:.6g}, {s.current_bounds[1]:.6g}], "
+            f"last known-good {s.last_known_good:.6g}, confidence {s.confidence:.2f})",
+            "",
+            *markers,
         ])
         out.append(GitHubIssue(
             title=f"[autopilot triage] tighten bounds of {s.parameter} ({s.failures} {s.category} incidents)",
-            body=body, labels=["autopilot", "triage", s.category], created=False))
+            body=body, labels=list(dict.fromkeys([*labels, s.category])), created=False, key=key,
+            assignees=list(assignees), comment=comment))
     return out
+
+
+def github_issues_effect(report: TriageReport, cfg: IncidentTriageConfig, *,
+                         new_id: Callable[[str], str]) -> list[Effect]:
+    """With ``github_integration_enabled``: one ``github_issues`` effect that files the report's
+    drafts (infra sends it from the outbox); otherwise, or with nothing to file, none.
+    ``new_id(purpose)`` gives the effect id (called only when there is an effect)."""
+    if not cfg.github_integration_enabled or not report.github_issues or cfg.github.repository is None:
+        return []
+    return [Effect(new_id("github"), "github_issues", {
+        "report_id": report.report_id, "repository": cfg.github.repository,
+        "issues": [msgspec.to_builtins(i) for i in report.github_issues]})]
 
 
 def run_weekly_triage(history: Sequence[CycleSummary], drift_events: Sequence[DriftEvent],
@@ -282,8 +336,8 @@ def run_weekly_triage(history: Sequence[CycleSummary], drift_events: Sequence[Dr
     period = (rfc3339(start), rfc3339(now))
     failures = categorize_failures(history, drift_events, start=start, end=now)
     suggestions = generate_patch_suggestions(failures, bounds, cfg)
-    issues = draft_github_issues(suggestions, period=period, report_id=report_id) \
-        if cfg.github_integration_enabled else []
+    issues = draft_github_issues(suggestions, period=period, report_id=report_id, labels=cfg.github.labels,
+                                 assignees=cfg.github.assignees)
     adjustments = [{
         "parameter": s.parameter, "kind": "contraction", "category": s.category,
         "old_range": list(s.current_bounds), "new_range": list(s.suggested_bounds),

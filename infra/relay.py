@@ -6,13 +6,18 @@ messages, the card is written atomically, and apply / golden requests go to
 VVTV; their replies (or their absence, after the timeout) come back into the
 core as events through the same one-transaction path, which also marks the
 effect sent. Unsent effects are re-sent after a restart: VVTV applies one
-``effect_id`` once, and every other effect is idempotent.
+``effect_id`` once, and every other effect is idempotent. A ``github_issues``
+effect (the weekly triage's issues) is sent by :mod:`.github` in a task of its
+own, like a request, so GitHub never holds up the other effects; its results
+go into the triage report and it is marked sent in one transaction, with an
+operator alert (``evt.alert``) when it failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Awaitable, Callable
 
 import msgspec
@@ -24,6 +29,7 @@ from ..schemas.config import Config
 from ..schemas.errors import BusError, MessageError
 from ..schemas.events import ApplyResult, Effect, GoldenResult, Inbound
 from . import bus as busmod
+from . import github
 from .cardfile import CardFile
 from .clock import utcnow
 from .inbound import excerpt
@@ -92,6 +98,11 @@ class OutboxRelay:
                 task = asyncio.create_task(self._request(effect))
                 self.requests.add(task)
                 task.add_done_callback(self.requests.discard)
+            elif requests and effect.kind == "github_issues" and effect.effect_id not in self._inflight:
+                self._inflight.add(effect.effect_id)
+                task = asyncio.create_task(self._github(effect), name=f"github:{effect.effect_id}")
+                self.requests.add(task)
+                task.add_done_callback(self.requests.discard)
         if done:
             await self.store.mark_sent(done, utcnow())
 
@@ -126,6 +137,42 @@ class OutboxRelay:
             return msgspec.json.decode(msg.data)
         except msgspec.DecodeError:
             raise MessageError(f"VVTV replied with something that is not valid JSON: {excerpt(msg.data, 200)!r}") from None
+
+    async def _github(self, effect: Effect) -> None:
+        """File the triage's issues; record them, and alert the operators when that failed."""
+        cfg = self.config.autopilot.incident_triage.github
+        report_id = effect.body["report_id"]
+        try:
+            done = await self.store.github_done(effect.effect_id)
+
+            async def record(key: str, result: dict) -> None:
+                await self.store.record_github_issue(effect.effect_id, key, report_id, result, utcnow())
+
+            try:
+                issues, error = await github.send_issues(cfg, effect.body, done=done, record=record, env=os.environ)
+                reason = None if error is None else str(error)
+                status = None if error is None else error.status
+                kind = type(error).__name__ if error is not None else None
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # a bug or a store failure: one alert, no loop
+                log.exception("sending the GitHub issues of %s failed", report_id)
+                reason, status, kind = f"internal error: {type(exc).__name__}: {exc}", None, "InternalError"
+                issues = [dict(i) | {"created": False, "action": "failed", "error": reason}
+                          for i in effect.body.get("issues") or []]
+            alert = None
+            if reason is not None:
+                at = utcnow()
+                alert = Effect(f"{effect.effect_id}:alert", "publish", {
+                    "kind": "github_issues_failed", "at": at, "report_id": report_id,
+                    "repository": effect.body.get("repository"), "error": kind, "status": status,
+                    "message": f"the weekly triage's GitHub issues were not filed: {reason}",
+                    "not_filed": [i.get("title") for i in issues if i.get("action") == "failed"]}, subject="autopilot.evt.alert")
+            await self.store.finish_github(effect.effect_id, report_id, issues, alert, utcnow())
+            if alert is not None:
+                self.wake()
+        finally:
+            self._inflight.discard(effect.effect_id)
 
     async def _apply(self, effect: Effect) -> ApplyResult:
         req = effect.body["request"]

@@ -62,6 +62,19 @@ async def bounds(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _issue_line(issue: dict) -> str:
+    """One GitHub issue of a report, in words: filed (number, link), commented, pending, failed, or a draft."""
+    title = issue.get("title", "")
+    action = issue.get("action")
+    if action == "created":
+        return f"GitHub issue #{issue.get('number')} created: {issue.get('url')}  {title}"
+    if action == "commented":
+        return f"GitHub issue #{issue.get('number')} still open, commented: {issue.get('url')}  {title}"
+    if action == "failed":
+        return f"GitHub issue NOT filed ({issue.get('error')}): {title}"
+    return f"draft issue (not sent: github_integration_enabled is off, or sending is pending): {title}"
+
+
 async def triage(config: Config, args: argparse.Namespace) -> int:
     async with await Store.open(_store_path(config)) as store:
         reports = await store.triage_reports(args.limit)
@@ -78,6 +91,8 @@ async def triage(config: Config, args: argparse.Namespace) -> int:
         for p in r["patch_suggestions"]:
             print(f"    suggest {p['parameter']} in [{p['suggested_bounds'][0]:.4g}, {p['suggested_bounds'][1]:.4g}]"
                   f" ({p['category']}, confidence {p['confidence']:.2f}): {p['rationale']}")
+        for issue in r["github_issues"]:
+            print("    " + _issue_line(issue))
     if drift:
         print("drift events:")
         for e in drift:

@@ -7,6 +7,7 @@ bus message is acknowledged. WAL, ``synchronous=FULL``, a versioned schema.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -131,6 +132,15 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+-- What each github_issues effect has filed so far (a resend skips these).
+CREATE TABLE IF NOT EXISTS github_issue_log (
+    effect_id TEXT NOT NULL,
+    issue_key TEXT NOT NULL,         -- "<parameter>/<category>"
+    report_id TEXT NOT NULL,
+    result TEXT NOT NULL,            -- JSON: action, number, url
+    at TEXT NOT NULL,
+    PRIMARY KEY (effect_id, issue_key)
+);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
@@ -153,6 +163,9 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path):
         self._db = db
         self.path = path
+        # One connection: a transaction must not take in another task's statements
+        # (the GitHub sender writes while the service commits).
+        self._tx = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> "Store":
@@ -226,6 +239,13 @@ class Store:
             effect_id = getattr(ib.event, "effect_id", None)
             if effect_id is not None and ib.key.startswith("reply:"):
                 replies.append((ib.at, effect_id))
+        async with self._tx:
+            await self._commit(inbox, transitions, outbox, replies, cycles, canaries, commands, counters, bounds,
+                               drift, triage, cycle_starts, cycle_snapshots, state, active_cycle_id)
+
+    async def _commit(self, inbox, transitions, outbox, replies, cycles, canaries, commands, counters, bounds,
+                      drift, triage, cycle_starts, cycle_snapshots, state, active_cycle_id) -> None:
+        db = self._db
         try:
             await db.execute("BEGIN IMMEDIATE")
             await db.executemany("INSERT INTO inbox(key, subject, at, stream_seq, event) VALUES (?,?,?,?,?)", inbox)
@@ -285,6 +305,38 @@ class Store:
 
     async def mark_sent(self, effect_ids: list[str], at: str) -> None:
         await self._db.executemany("UPDATE outbox SET sent_at = ? WHERE effect_id = ?", [(at, e) for e in effect_ids])
+
+    # --- GitHub issues (the relay's github_issues effects) ----------------------------------------
+
+    async def github_done(self, effect_id: str) -> dict[str, dict[str, Any]]:
+        """What this effect has already filed: issue key -> result."""
+        rows = await (await self._db.execute(
+            "SELECT issue_key, result FROM github_issue_log WHERE effect_id = ?", (effect_id,))).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    async def record_github_issue(self, effect_id: str, key: str, report_id: str, result: dict[str, Any], at: str) -> None:
+        async with self._tx:
+            await self._db.execute("INSERT OR REPLACE INTO github_issue_log VALUES (?,?,?,?,?)",
+                                   (effect_id, key, report_id, _json(result), at))
+
+    async def finish_github(self, effect_id: str, report_id: str, issues: list[dict[str, Any]],
+                            alert: Effect | None, at: str) -> None:
+        """In one transaction: the issues' results into ``triage_reports.github_issues``, the
+        operator alert (if any) into the outbox, and the effect marked sent."""
+        async with self._tx:
+            db = self._db
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                await db.execute("UPDATE triage_reports SET github_issues = ? WHERE report_id = ?",
+                                 (_json(issues), report_id))
+                if alert is not None:
+                    await db.execute("INSERT OR IGNORE INTO outbox(effect_id, kind, subject, body, created_at) "
+                                     "VALUES (?,?,?,?,?)", (alert.effect_id, alert.kind, alert.subject, _json(alert.body), at))
+                await db.execute("UPDATE outbox SET sent_at = ? WHERE effect_id = ? AND sent_at IS NULL", (at, effect_id))
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
 
     async def add_counter(self, name: str, n: int = 1) -> None:
         await self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, n))

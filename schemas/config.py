@@ -52,11 +52,84 @@ class DriftMonitoringConfig(_Strict):
     max_pause_duration_days: float = Field(7, gt=0)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_GITHUB_LOGIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
+_GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+
+
+class GitHubConfig(_Strict):
+    """Where the weekly triage files its issues (``incident_triage.github``; used only when
+    ``github_integration_enabled``). The token is never part of the configuration: it is read
+    from the environment variable named by ``token_env`` when an issue is sent."""
+
+    repository: str | None = None                    # "owner/name"
+    api_url: str = "https://api.github.com"          # GitHub Enterprise: https://HOST/api/v3
+    labels: list[str] = Field(default_factory=lambda: ["autopilot", "triage"])
+    assignees: list[str] = []
+    token_env: str = "VVTV_AUTOPILOT_GITHUB_TOKEN"
+    timeout_seconds: float = Field(10.0, gt=0, le=300)   # one HTTP request
+    max_attempts: int = Field(4, ge=1, le=10)            # per request, on 5xx / timeouts / rate limits
+    max_wait_seconds: float = Field(120.0, ge=0, le=3600)  # longest rate-limit wait honoured at once
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in ("token", "api_token", "github_token")):
+            raise ValueError("a token may not be written in the configuration: put it in the environment "
+                             "variable named by token_env (default VVTV_AUTOPILOT_GITHUB_TOKEN)")
+        return data
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str | None) -> str | None:
+        if value is not None and not _GITHUB_REPO.match(value):
+            raise ValueError("must be 'owner/name'")
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL, e.g. https://api.github.com or https://HOST/api/v3")
+        return value.rstrip("/")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        for label in value:
+            if not label.strip() or len(label) > 50 or "," in label:
+                raise ValueError(f"label {label!r} must be 1-50 characters without a comma")
+        return value
+
+    @field_validator("assignees")
+    @classmethod
+    def _assignees(cls, value: list[str]) -> list[str]:
+        for login in value:
+            if not _GITHUB_LOGIN.match(login):
+                raise ValueError(f"assignee {login!r} is not a GitHub login")
+        return value
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, value: str) -> str:
+        if not _ENV_NAME.match(value):
+            raise ValueError("must be the name of an environment variable")
+        return value
+
+
 class IncidentTriageConfig(_Strict):
     weekly_schedule_utc: str = "Sunday 02:00"
     analysis_window_days: int = Field(7, ge=1)
     failure_threshold_for_patch: int = Field(3, ge=1)
     github_integration_enabled: bool = False
+    # Beyond the seed: where the issues go when the switch is on.
+    github: GitHubConfig = GitHubConfig()
+
+    @model_validator(mode="after")
+    def _github_target(self) -> "IncidentTriageConfig":
+        if self.github_integration_enabled and self.github.repository is None:
+            raise ValueError("github_integration_enabled needs incident_triage.github.repository ('owner/name')")
+        return self
 
     @field_validator("weekly_schedule_utc")
     @classmethod
@@ -237,6 +310,15 @@ def _environment_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[
     return tree
 
 
+def _redact(key: str, value: Any) -> Any:
+    """Secrets never reach an error message: a value under a key naming a token is shown as ***."""
+    if "token" in key.rsplit(".", 1)[-1].lower() and not key.endswith("token_env"):
+        return "***"
+    if isinstance(value, dict):
+        return {k: _redact(f"{key}.{k}", v) for k, v in value.items()}
+    return value
+
+
 def _problems(exc: ValidationError) -> list[tuple[str, object, str]]:
     problems = []
     for err in exc.errors():
@@ -244,7 +326,7 @@ def _problems(exc: ValidationError) -> list[tuple[str, object, str]]:
         rule = err["msg"]
         if err["type"] == "extra_forbidden":
             rule = "unknown key (not part of the configuration)"
-        problems.append((key, err.get("input"), rule))
+        problems.append((key, _redact(key, err.get("input")), rule))
     return problems
 
 

@@ -12,7 +12,11 @@
     │   │   └── InvalidVersionId   not 64 lowercase hex: refused before any file is touched
     │   ├── CorruptVersion         a history file whose hash does not match its name
     │   └── VerificationFailed     the card re-read after a write is not the card written
-    └── ReplayMismatch         a replay diverged from the recorded transitions
+    ├── ReplayMismatch         a replay diverged from the recorded transitions
+    └── GitHubError            filing the triage's issues on GitHub failed (never carries the token)
+        ├── GitHubAuthError        401, or 403 that is not a rate limit: bad token or no permission (not retried)
+        ├── GitHubRefused          another 4xx: unknown repository, invalid label or assignee (not retried)
+        └── GitHubUnavailable      5xx, timeouts, connection errors or rate limits beyond the retries allowed
 """
 
 from __future__ import annotations
@@ -78,3 +82,27 @@ class ReplayMismatch(AutopilotError):
         self.cycle_id = cycle_id
         self.problems = problems
         super().__init__(f"replay of {cycle_id} differs from the record:\n  " + "\n  ".join(problems))
+
+
+class GitHubError(AutopilotError):
+    """Filing the weekly triage's issues on GitHub failed; the message says why, in words, and
+    never contains the token. ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        self.status = status
+        super().__init__(message)
+
+
+class GitHubAuthError(GitHubError):
+    """GitHub refused the token (401) or its permissions (403 without a rate limit): retrying
+    cannot help, an operator must fix the token; the autopilot raises one operator alert."""
+
+
+class GitHubRefused(GitHubError):
+    """GitHub refused the request itself (404 unknown repository, 410, 422 invalid label or
+    assignee, ...): a configuration to fix, not retried."""
+
+
+class GitHubUnavailable(GitHubError):
+    """GitHub did not answer usefully within the bounded retries (5xx, timeouts, connection
+    errors) or asked to wait longer than ``max_wait_seconds`` (rate limit)."""

@@ -86,7 +86,7 @@ class Inbound(msgspec.Struct, frozen=True):
     stream_seq: int | None = None
 
 
-EffectKind = Literal["publish", "apply", "golden", "write_card", "schedule"]
+EffectKind = Literal["publish", "apply", "golden", "write_card", "schedule", "github_issues"]
 
 
 class Effect(msgspec.Struct, frozen=True):

@@ -17,7 +17,7 @@ import msgspec
 
 from ..handlers.bounds import ParameterBounds
 from ..handlers.drift import CycleSummary, DriftEvent, DriftState, check_for_drift
-from ..handlers.triage import TriageReport, next_weekly_at, run_weekly_triage
+from ..handlers.triage import TriageReport, github_issues_effect, next_weekly_at, run_weekly_triage
 from ..schemas.config import Config
 from ..schemas.messages import parse_time, rfc3339
 from .cycle import Cycle
@@ -134,6 +134,8 @@ class DriftMonitor:
                                    now=step.now, report_id=report_id)
         step.triage_rows.append(report)
         step.publish("autopilot.evt.triage", msgspec.to_builtins(report) | {"reason": reason})
+        # With github_integration_enabled, one outbox effect files the report's issues (infra sends it).
+        step.effects.extend(github_issues_effect(report, self.config.autopilot.incident_triage, new_id=step.next_id))
         return report
 
     def arm_weekly(self, step: Step, *, keep: bool = False) -> None:

@@ -175,7 +175,10 @@ def test_run_weekly_triage_without_github():
     assert report.analysis_period == (at(7), rfc3339(NOW)) and report.generated_at == rfc3339(NOW)
     assert report.failure_counts["CanaryRollbacks"] == 3
     assert [s.parameter for s in report.patch_suggestions] == [PARAM]
-    assert report.github_issues == []
+    # drafts are there for a person even with the switch off, and nothing is to be sent
+    (draft,) = report.github_issues
+    assert draft.created is False and draft.number is None and PARAM in draft.title
+    assert T.github_issues_effect(report, CFG, new_id=lambda p: pytest.fail("no effect when off")) == []
     (adj,) = report.bounds_adjustments
     assert adj["applied"] is False and adj["parameter"] == PARAM
     assert adj["new_range"] == list(report.patch_suggestions[0].suggested_bounds)
@@ -184,11 +187,24 @@ def test_run_weekly_triage_without_github():
 
 
 def test_run_weekly_triage_drafts_issues_when_enabled_never_sends():
-    cfg = IncidentTriageConfig(github_integration_enabled=True)
+    cfg = IncidentTriageConfig(github_integration_enabled=True,
+                               github={"repository": "vvtv/ops", "labels": ["autopilot", "ops"], "assignees": ["alice"]})
     report = T.run_weekly_triage(_week(), [], {PARAM: bounds()}, cfg, now=NOW, report_id="r1")
     (issue,) = report.github_issues
     assert issue.created is False
-    assert PARAM in issue.title and "CanaryRollbacks" in issue.labels and "r1" in issue.body
+    assert PARAM in issue.title and "r1" in issue.body
+    assert issue.labels == ["autopilot", "ops", "CanaryRollbacks"] and issue.assignees == ["alice"]
+    assert issue.key == f"{PARAM}/CanaryRollbacks"
+    assert T.issue_marker(issue.key) in issue.body and T.report_marker("r1") in issue.body
+    assert T.report_marker("r1") in issue.comment and "r1" in issue.comment
+    # the switch on: one outbox effect carrying the drafts (the core decides, infra sends)
+    ids = []
+    (effect,) = T.github_issues_effect(report, cfg, new_id=lambda purpose: ids.append(purpose) or "e1")
+    assert ids == ["github"] and effect.effect_id == "e1" and effect.kind == "github_issues"
+    assert effect.body["repository"] == "vvtv/ops" and effect.body["report_id"] == "r1"
+    assert effect.body["issues"] == [msgspec.to_builtins(issue)]
+    empty = T.run_weekly_triage([], [], {PARAM: bounds()}, cfg, now=NOW, report_id="r2")
+    assert T.github_issues_effect(empty, cfg, new_id=lambda p: "x") == []   # nothing to file
     # pure: same inputs, same report
     again = T.run_weekly_triage(_week(), [], {PARAM: bounds()}, cfg, now=NOW, report_id="r1")
     assert msgspec.json.encode(again) == msgspec.json.encode(report)
