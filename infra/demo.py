@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from ..handlers.card import parameter_values
 from ..handlers.golden import builtin_golden_set, evaluate_golden
 from ..schemas.config import Config
 from ..schemas.messages import rfc3339
@@ -144,8 +145,6 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
 
 
 def _params(service: Service, config: Config) -> dict[str, float]:
-    from ..handlers.card import parameter_values
-
     return {k: float(v) for k, v in parameter_values(service.core.state.card, list(config.parameters)).items()}
 
 
