@@ -339,6 +339,9 @@ class Service:
                 starts.append(CycleStart(current, ib.key, before, self.config.model_dump_json(), self._golden_json))
             for row in step.cycle_rows:
                 snapshots[row["cycle_id"]] = _enc.encode(row["snapshot"])
+            if step.counters.get("core_errors"):
+                log.error("the core failed on %s (%s) and contained it: %s", ib.subject, ib.key,
+                          (core.state.last_error or {}).get("error"))
             steps.append(step)
         if steps:
             state = _enc.encode(core.state)

@@ -35,6 +35,8 @@ from .step import Step
 
 
 class AutopilotState(msgspec.Struct, kw_only=True):
+    """Everything the autopilot keeps between events (one JSON document in the store)."""
+
     card: dict[str, Any] = {}
     card_version: str = ""
     paused_until: str | None = None
@@ -48,8 +50,14 @@ class AutopilotState(msgspec.Struct, kw_only=True):
     next_daily: str | None = None
     live: dict[str, dict[str, RunningStats]] = {}   # kpi -> hour bucket (RFC 3339) -> stats
     validation_failures: int = 0                     # consecutive golden-set failures
+    last_error: dict[str, Any] | None = None         # the last event the core failed on (status shows it)
     tuning: TuningState = msgspec.field(default_factory=TuningState)     # owned by the BoundsKeeper
     monitor: MonitorState = msgspec.field(default_factory=MonitorState)  # owned by the DriftMonitor
+
+
+_state_encoder = _cycle_encoder = msgspec.json.Encoder()
+_state_decoder = msgspec.json.Decoder(AutopilotState)
+_cycle_decoder = msgspec.json.Decoder(CycleData)
 
 
 def next_daily_at(now: datetime, hhmm: str) -> datetime:
@@ -121,7 +129,7 @@ class Autopilot:
             "emergency_pause": s.paused_forever, "paused_by": s.paused_by,
             "card_version": s.card_version, "overrides": s.overrides,
             "bounds_overrides": self.tuning.active_overrides(now),
-            "next_daily": s.next_daily, "last_cycle": s.last_cycle,
+            "next_daily": s.next_daily, "last_cycle": s.last_cycle, "last_error": s.last_error,
             "cycle": None if running is None else {
                 "cycle_id": running.data.cycle_id, "state": running.state, "origin": running.data.origin,
                 "started_at": running.data.started_at, "deadline": running.data.deadline,
@@ -145,6 +153,22 @@ class Autopilot:
     # --- the step ------------------------------------------------------------------------
 
     def handle(self, inbound: Inbound) -> Step:
+        """Step the core for one event. Should the core fail on it (a bug), the state is
+        put back as it was before the event and the failure is contained (:meth:`_contain`):
+        the autopilot never stops silently. Metric batches, the hot path, are not
+        snapshotted; infra retries a failed batch one event at a time and dead-letters
+        the offending one."""
+        if isinstance(inbound.event, MetricStats):
+            return self._route(inbound)
+        state = _state_encoder.encode(self.state)
+        cycle = None if self.cycle is None else _cycle_encoder.encode(self.cycle.data)
+        try:
+            return self._route(inbound)
+        except Exception as exc:  # noqa: BLE001 - the fail-safe boundary of the core: any bug lands here
+            self._restore(state, cycle)
+            return self._contain(inbound, exc)
+
+    def _route(self, inbound: Inbound) -> Step:
         step = Step(inbound)
         event = inbound.event
         cycle_before = self.running()
@@ -165,6 +189,42 @@ class Autopilot:
             touched.record(step)
         if self.cycle is not None and self.cycle.done and self.state.active_cycle_id == self.cycle.data.cycle_id:
             self._cycle_ended(step, self.cycle)
+        return step
+
+    def _restore(self, state: bytes, cycle: bytes | None) -> None:
+        self.state = _state_decoder.decode(state)
+        self.cycle = None if cycle is None else Cycle(_cycle_decoder.decode(cycle), self.config)
+        self.tuning = BoundsKeeper(self.config, self.state.tuning)
+        self.monitor = DriftMonitor(self.config, self.state.monitor)
+
+    def _contain(self, inbound: Inbound, exc: Exception) -> Step:
+        """The core failed on ``inbound`` (state as before it): keep every timer armed, fail
+        the running cycle safely, record the error for ``status`` and tell the operators."""
+        step = Step(inbound)
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+        self.state.last_error = {"at": step.at, "subject": inbound.subject, "key": inbound.key, "error": error}
+        step.count("core_errors")
+        step.publish("autopilot.evt.alert", {
+            "kind": "core_error", "at": step.at, "subject": inbound.subject, "key": inbound.key, "error": error,
+            "message": f"internal error while handling {inbound.subject} ({inbound.key}): {error}; "
+                       "the event was skipped, timers stay armed"})
+        if isinstance(inbound.event, CommandEvent):
+            step.reply = {"ok": False, "error": f"internal error: {error}", "state": self.mode(step.now),
+                          "cycle_id": None}
+        # The next daily run and weekly triage stay scheduled whatever event failed.
+        self._arm_daily(step, keep=True)
+        self.monitor.arm_weekly(step, keep=True)
+        cycle = self.running()
+        if cycle is not None:
+            kept = _cycle_encoder.encode(cycle.data)
+            try:  # a cycle whose event failed cannot be trusted: end it safely
+                cycle.fail(step, f"internal error while handling {inbound.subject}: {error}")
+            except Exception:  # noqa: BLE001 - it cannot even fail: keep it, and its timers, as they were
+                self.cycle = cycle = Cycle(_cycle_decoder.decode(kept), self.config)
+                cycle.arm_timers(step)
+            else:
+                cycle.record(step)
+                self._cycle_ended(step, cycle)
         return step
 
     # --- events ------------------------------------------------------------------------------
