@@ -260,6 +260,13 @@ class Config(_Strict):
         for name in value:
             if not _PARAM_RE.match(name):
                 raise ValueError(f"parameter name {name!r} must be a dotted path of identifiers")
+        # A parameter is a leaf of the card: one that is a prefix path of another
+        # would make the other's parent a number and a dict at once.
+        for name in value:
+            for other in value:
+                if other.startswith(name + "."):
+                    raise ValueError(f"parameter {name!r} is a prefix of {other!r}: a card cannot hold both "
+                                     f"a number at {name!r} and a field inside it")
         return value
 
     @field_validator("kpis")

@@ -126,8 +126,11 @@ class BoundsKeeper:
             if cycle.state == "Deployed":
                 self._emit(step, name, B.mark_deployed(bounds, float(value), at=step.now))
             elif cycle.state == "RolledBack" and (d.gate or {}).get("recommendation") == "rollback":
-                base = get_path(d.base_card, name, bounds.last_known_good)
-                self._emit(step, name, B.contract_after_rollback(bounds, cfg, at=step.now, restored_value=float(base),
+                # The restored card may hold a value outside today's hard limits (the card was
+                # changed by hand, or the limits were): the bounds anchor at the nearest limit.
+                base = min(max(float(get_path(d.base_card, name, bounds.last_known_good)), bounds.hard_min),
+                           bounds.hard_max)
+                self._emit(step, name, B.contract_after_rollback(bounds, cfg, at=step.now, restored_value=base,
                                                                  reason=f"cycle {d.cycle_id} rolled back"))
         outcome = realized_outcome(cycle)
         if outcome is not None:

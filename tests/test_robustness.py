@@ -162,3 +162,12 @@ def test_the_installed_package_exposes_no_bare_modules(tmp_path: Path):
     assert found == {"statemachine": False, "handlers": False, "schemas": False, "infra": False,
                      "vvtv_autopilot.statemachine": True, "vvtv_autopilot.handlers": True,
                      "vvtv_autopilot.schemas": True, "vvtv_autopilot.infra": True}
+
+
+def test_a_parameter_that_is_a_prefix_of_another_is_refused_naming_both():
+    from vvtv_autopilot.schemas.config import parse_config
+    from vvtv_autopilot.schemas.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"parameters": {"selection": {"min": 0, "max": 1}, "selection.weight": {"min": 0, "max": 1}}})
+    assert "parameter 'selection' is a prefix of 'selection.weight'" in str(refused.value)
