@@ -1,13 +1,22 @@
 """Operator commands and timers as steps of the pure core: pause and its expiry,
 the daily timer, promote and abort, and every refusal of a verb with the reply
-that says what to fix.
+that says what to fix; and, just before the core, the validation that refuses a
+malformed command body.
 """
 
 from __future__ import annotations
 
+import json
+
+import msgspec
+import pytest
+
 from core_driver import P, CARD, at, Driver, effect, publishes, schedules, moves, booted
 from vvtv_autopilot.handlers.card import version_id
+from vvtv_autopilot.infra.inbound import command_event
+from vvtv_autopilot.schemas.errors import MessageError
 from vvtv_autopilot.schemas.messages import parse_time
+from vvtv_autopilot.statemachine import Step
 
 
 # --- pause, daily timer, promote and abort -----------------------------------------------------------
@@ -128,3 +137,173 @@ def test_propose_out_of_range_is_refused_and_in_range_runs_with_the_value():
     assert s.reply["ok"]
     assert effect(s, "golden").body["request"]["parameters"] == {P: 0.5}
     assert d.ap.running().data.origin == "propose"
+
+
+# --- every refusal of a verb, one by one ---------------------------------------------------------
+#
+# Each case sets the autopilot up, sends one well-formed command (validated as the
+# service validates it, so the refusal is the core's) and checks that the reply
+# refuses it, says what to fix, and changes nothing. The bus path of a refusal is
+# covered once end to end in tests/test_commands.py.
+
+
+def _pause(d: Driver) -> None:
+    assert _send(d, "pause", at(0.5), {"hours": 1}).reply["ok"]
+
+
+def _emergency_pause(d: Driver) -> None:
+    assert _send(d, "emergency-pause", at(0.5), {}).reply["ok"]
+
+
+def _pin(d: Driver) -> None:
+    assert _send(d, "override", at(0.5), {"parameter": P, "value": 0.3}).reply["ok"]
+
+
+def _override_bounds(d: Driver) -> None:
+    assert _send(d, "bounds-override", at(0.5), {"parameter": P, "min": 0.2, "max": 0.4}).reply["ok"]
+
+
+def _start(d: Driver) -> None:
+    """A cycle waiting in Bounded for its golden-set reply."""
+    assert _send(d, "propose", at(0.5), {"changes": {P: 0.4}}).reply["ok"]
+    assert d.ap.running().state == "Bounded"
+
+
+def _send(d: Driver, verb: str, when: str, body: dict, extra: dict | None = None) -> Step:
+    """A command as the service hands it to the core: the body validated by the
+    schema (``command_event``), plus what infra adds (a rollback's outcome)."""
+    event = command_event(verb, json.dumps({"actor": "ops", **body}).encode(), "ctl")
+    if extra:
+        event = msgspec.structs.replace(event, body={**event.body, **extra})
+    return d.feed(event, when, f"ctl.{verb}")
+
+
+NARROW = {"sliding_bounds": {"initial_half_width_fraction": 0.1}}
+NOPE = "selection.nope"
+VID = "f" * 64
+
+# (id, configuration, setup, verb, body, what infra adds, what the error must name; {cid} = the running cycle)
+REFUSALS = [
+    ("resume-not-paused", {}, None, "resume", {}, None, ["not paused"]),
+    ("promote-idle", {}, None, "promote", {}, None, ["nothing to promote", "no cycle is running"]),
+    ("abort-idle", {}, None, "abort", {}, None, ["nothing to abort", "no cycle is running"]),
+    ("clear-override-none", {}, None, "clear-override", {"parameter": P}, None, [P, "no override to clear"]),
+    ("override-unknown-parameter", {}, None, "override", {"parameter": NOPE, "value": 0.3}, None,
+     [f"unknown parameter '{NOPE}'", P]),
+    ("propose-unknown-parameter", {}, None, "propose", {"changes": {NOPE: 0.3}}, None, [f"unknown parameter '{NOPE}'", P]),
+    ("bounds-override-unknown-parameter", {}, None, "bounds-override", {"parameter": NOPE, "min": 0.1, "max": 0.2}, None,
+     [f"unknown parameter '{NOPE}'", P]),
+    ("override-outside-hard-limits", {}, None, "override", {"parameter": P, "value": 0.9}, None,
+     ["outside its hard limits [0.1, 0.6]"]),
+    ("propose-outside-hard-limits", {}, None, "propose", {"changes": {P: 0.05}}, None,
+     ["outside its hard limits [0.1, 0.6]"]),
+    ("bounds-override-outside-hard-limits", {}, None, "bounds-override", {"parameter": P, "min": 0.05, "max": 0.5}, None,
+     ["hard limits"]),
+    ("bounds-override-without-the-current-value", {}, None, "bounds-override", {"parameter": P, "min": 0.4, "max": 0.5},
+     None, ["contain the current value"]),
+    ("rollback-not-restored", {}, None, "rollback", {"version_id": VID}, None, [VID, "could not be restored"]),
+    ("rollback-history-error", {}, None, "rollback", {"version_id": VID}, {"rollback_error": f"version {VID} is unknown"},
+     [f"version {VID} is unknown"]),
+    ("run-now-disabled", {"enabled": False}, None, "run-now", {}, None, ["disabled", "autopilot.enabled: false"]),
+    ("run-now-paused", {}, _pause, "run-now", {}, None, ["paused until", "resume it first"]),
+    ("propose-paused", {}, _pause, "propose", {"changes": {P: 0.4}}, None, ["paused", "resume it first"]),
+    ("pause-in-emergency-pause", {}, _emergency_pause, "pause", {"hours": 1}, None, ["emergency pause", "resume"]),
+    ("run-now-in-emergency-pause", {}, _emergency_pause, "run-now", {}, None, ["until resume"]),
+    ("propose-pinned", {}, _pin, "propose", {"changes": {P: 0.4}}, None, [f"{P} is pinned", "clear it first"]),
+    ("propose-outside-a-bounds-override", {}, _override_bounds, "propose", {"changes": {P: 0.45}}, None, ["0.45"]),
+    ("propose-beyond-the-sliding-range", NARROW, None, "propose", {"changes": {P: 0.55}}, None, ["sliding maximum"]),
+    ("propose-while-running", {}, _start, "propose", {"changes": {P: 0.3}}, None, ["{cid}", "is running", "abort"]),
+    ("run-now-while-running", {}, _start, "run-now", {}, None, ["{cid}", "is running"]),
+    ("promote-before-the-canary", {}, _start, "promote", {}, None, ["nothing to promote", "is in Bounded"]),
+    ("abort-before-the-canary", {}, _start, "abort", {}, None, ["nothing to abort", "is in Bounded"]),
+    ("override-to-a-new-value-while-running", {}, _start, "override", {"parameter": P, "value": 0.3}, None,
+     ["{cid}", "abort it before overriding"]),
+    ("rollback-while-running", {}, _start, "rollback", {"version_id": VID}, None, ["{cid}", "abort it first"]),
+]
+
+
+@pytest.mark.parametrize("config, setup, verb, body, extra, needles", [case[1:] for case in REFUSALS],
+                         ids=[case[0] for case in REFUSALS])
+def test_every_refusal_says_what_to_fix(config, setup, verb, body, extra, needles):
+    d = booted(**config)
+    if setup is not None:
+        setup(d)
+    running = d.ap.running()
+    cid = running.data.cycle_id if running else None
+    state_before = msgspec.json.encode(d.ap.state)
+    cycle_before = msgspec.json.encode(running.data) if running else None
+
+    s = _send(d, verb, at(1), body, extra)
+    reply = s.reply
+    assert reply["ok"] is False, reply
+    assert isinstance(reply["error"], str) and reply["error"], reply
+    for needle in needles:
+        needle = needle.format(cid=cid)
+        assert needle in reply["error"], (needle, reply["error"])
+    assert reply["state"] == d.ap.mode(parse_time(at(1))) and reply["cycle_id"] == cid
+    # a refusal changes nothing, and is stored and published like any command
+    assert not s.transitions and msgspec.json.encode(d.ap.state) == state_before
+    assert (msgspec.json.encode(d.ap.running().data) if running else None) == cycle_before
+    assert s.command["verb"] == verb and s.command["actor"] == "ops"
+    assert s.command["ok"] is False and s.command["error"] == reply["error"]
+    (published,) = publishes(s, "autopilot.evt.command")
+    assert published["result"] == reply
+
+
+def test_pause_extends_resume_ends_it_and_the_emergency_pause_lasts_until_resume():
+    d = booted()
+    s = _send(d, "pause", at(1), {"reason": "incident 42", "hours": 1})
+    assert s.reply["ok"] and s.reply["state"] == "Paused" and s.reply["paused_until"] == at(61)
+    s = _send(d, "pause", at(2), {})                                     # default 48 h, extends
+    assert s.reply["ok"] and s.reply["paused_until"] == at(2 + 48 * 60)
+    s = _send(d, "resume", at(3), {})
+    assert s.reply["ok"] and s.reply["state"] == "Idle"
+
+    s = _send(d, "emergency-pause", at(4), {"reason": "runaway"})
+    assert s.reply["ok"] and s.reply["state"] == "Paused" and s.reply["paused_until"] is None
+    status = d.ap.status(parse_time(at(5)))
+    assert status["paused"] and status["emergency_pause"] and status["paused_until"] is None
+    assert status["paused_by"] == "ops"
+    assert _send(d, "resume", at(6), {}).reply["ok"]
+    assert d.ap.status(parse_time(at(7)))["paused"] is False
+
+
+# --- before the core: malformed bodies ------------------------------------------------------------
+#
+# The service validates every control body (infra.inbound.command_event, i.e. the
+# schemas.messages command structs) and refuses a malformed one before the core sees
+# it; tests/test_commands.py sends one such body over the bus.
+
+
+MALFORMED = [
+    ("not-json", "pause", b"{not json", ["not valid JSON"]),
+    ("hour-for-hours", "pause", {"actor": "ops", "hour": 2}, ["hour"]),
+    ("no-actor", "pause", {"hours": 2}, ["actor"]),
+    ("empty-actor", "pause", {"actor": "", "hours": 2}, ["actor"]),
+    ("pause-zero-hours", "pause", {"actor": "ops", "hours": 0}, ["hours"]),
+    ("pause-over-a-week", "pause", {"actor": "ops", "hours": 168.5}, ["hours"]),
+    ("override-zero-hours", "override", {"actor": "ops", "parameter": P, "value": 0.3, "hours": 0}, ["hours"]),
+    ("override-over-a-week", "override", {"actor": "ops", "parameter": P, "value": 0.3, "hours": 169}, ["hours"]),
+    ("long-reason", "pause", {"actor": "ops", "reason": "x" * 1025}, ["reason"]),
+    ("no-changes", "propose", {"actor": "ops", "changes": {}}, ["changes"]),
+    ("empty-bounds", "bounds-override", {"actor": "ops", "parameter": P, "min": 0.5, "max": 0.5},
+     ["`min` (0.5) must be below `max` (0.5)"]),
+    ("inverted-bounds", "bounds-override", {"actor": "ops", "parameter": P, "min": 0.7, "max": 0.2}, ["below"]),
+    ("unknown-verb", "frobnicate", {"actor": "ops"}, ["unknown verb 'frobnicate'", "pause", "rollback"]),
+] + [(f"rollback-id-{i}", "rollback", {"actor": "ops", "version_id": bad}, ["version_id"])
+     for i, bad in enumerate(["abc", "../../../etc/passwd", "A" * 64, "g" * 64, "0" * 63, "0" * 65, "../" + "0" * 61,
+                              None, 7])]
+
+
+@pytest.mark.parametrize("verb, body, needles", [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED])
+def test_a_malformed_body_is_refused_before_the_core(verb, body, needles):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with pytest.raises(MessageError) as refused:
+        command_event(verb, data, "ctl")
+    for needle in needles:
+        assert needle in str(refused.value), (needle, str(refused.value))
+
+
+def test_status_needs_no_body_and_no_actor():
+    assert command_event("status", b"", "ctl").body["actor"] is None
+    assert command_event("status", b"{}", "ctl").verb == "status"
