@@ -6,7 +6,7 @@
 Each measurement gets its own nats-server (``EmbeddedNats`` in a temp dir) and,
 for the full path, its own ``Service`` (config as in tests/conftest.make_config,
 data dir in the same temp dir). Messages are valid ``vvtv.metrics.selection_entropy``
-batches (CONTRACT §1.1) of the ``live`` arm, encoded before the clock starts,
+batches (README, "The bus") of the ``live`` arm, encoded before the clock starts,
 published with ``js.publish_async`` from a separate connection.
 
 Rows, per message size:

@@ -5,7 +5,7 @@ struct) and the time ``at`` as an argument, and returns a *new* value plus the
 list of :class:`BoundsAdjustment` records it made (each one is an
 ``evt.bounds`` and part of the cycle's record). Nothing here reads the clock.
 
-The rules (seed §2, DESIGN §6), exactly:
+The rules (README, "Sliding bounds and the optimizer"), exactly:
 
 * **Start.** :func:`initial_bounds` centres a band of width
   ``2 * half_width_fraction * hard_span`` (default ``0.2 * hard_span``) on the

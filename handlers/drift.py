@@ -1,4 +1,5 @@
-"""The anti-drift monitor (seed §4, DESIGN §6): is the autopilot still trustworthy?
+"""The anti-drift monitor (README, "Anti-drift monitor and incident triage"): is the
+autopilot still trustworthy?
 
 Pure: :func:`check_for_drift` takes the cycle history, the monitor's previous
 :class:`DriftState`, the configuration and ``now`` (never the clock), and
@@ -26,8 +27,8 @@ The rules, exactly:
     ``Z = sum(z) / sqrt(m)`` (N(0, 1) for a calibrated optimizer), winsorized at
     ``±Z_CLIP`` so one wild cycle cannot alarm alone. A two-sided CUSUM
     ``S+ = max(0, S+ + Z - k)``, ``S- = max(0, S- - Z - k)`` with ``k = 0.5``
-    fires when either exceeds ``h = 4.5``; both then restart at 0. (DESIGN §6 says
-    h ≈ 4; measured here, two-sided with h = 4 a calibrated optimizer raises a
+    fires when either exceeds ``h = 4.5``; both then restart at 0. (Why not the
+    usual h ≈ 4: measured here, two-sided with h = 4 a calibrated optimizer raises a
     false alarm within 30 daily cycles 14 % of the time; h = 4.5 gives about
     8 % and still catches a 1.5 sd bias after 5 cycles on average.)
   - *mean_error*: :func:`calculate_prediction_error` over the last

@@ -185,7 +185,8 @@ def _check_selection(case, p, catalogue) -> str | None:
 
 def evaluate_golden(golden: GoldenSet, parameters: Mapping[str, Any]) -> GoldenReply:
     """Run every case against ``parameters`` (flat dotted names, or the card itself).
-    The reply has the shape of contract §3.2; ``cases_run`` excludes skipped optional cases."""
+    The reply has the shape of a ``golden.validate`` reply (README, "The bus"); ``cases_run``
+    excludes skipped optional cases."""
     failures: list[GoldenFailure] = []
     run = 0
     for case in golden.cases:

@@ -1,4 +1,5 @@
-"""Weekly incident triage (seed §6): what went wrong this week, and which bounds to tighten.
+"""Weekly incident triage (README, "Anti-drift monitor and incident triage"): what
+went wrong this week, and which bounds to tighten.
 
 Pure: every function takes the history, the drift events, the bounds and
 ``now`` as arguments; nothing reads the clock, touches the network or writes a

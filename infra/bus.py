@@ -2,7 +2,7 @@
 
 Streams get exact subject lists so that no stream ever captures a
 request/reply subject (``ctl.>``, ``business_logic.apply``, ``golden.validate``):
-a stream on such a subject answers the requester with its own ack (DESIGN §9).
+a stream on such a subject answers the requester with its own ack (README, "The bus").
 """
 
 from __future__ import annotations

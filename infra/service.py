@@ -1,10 +1,11 @@
 """The service loop: bus in, one transaction per event or batch, bus out.
 
-Per inbound message (DESIGN §2): decode and validate (a bad message goes to
-the DLQ, is acked and counted); in one SQLite transaction insert it into the
-inbox (a duplicate stops there), step the core, append transitions, effects,
-domain rows and the core's snapshot; commit, then ack. The outbox relay then
-publishes the effects with idempotent ids and marks them sent.
+Per inbound message (README, "One event, one transaction"): decode and
+validate (a bad message goes to the DLQ, is acked and counted); in one SQLite
+transaction insert it into the inbox (a duplicate stops there), step the core,
+append transitions, effects, domain rows and the core's snapshot; commit, then
+ack. The outbox relay then publishes the effects with idempotent ids and marks
+them sent.
 
 One asyncio lock owns the core: every step runs under it, in arrival order.
 """

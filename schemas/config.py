@@ -1,4 +1,6 @@
-"""The configuration: the seed's ``autopilot:`` block as written, plus contract §4.
+"""The configuration (README, "Configuration"): the seed's ``autopilot:`` block as
+written, plus the ``bus``, ``storage``, ``business_logic``, ``parameters``,
+``kpis``, ``golden`` and ``telemetry`` sections.
 
 Every key is optional and every default is the seed's. Durations may be
 fractional minutes, so a test can run a canary for seconds. A file that does not
