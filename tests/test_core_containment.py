@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_core import at, booted, effects, publishes, schedules
+from core_driver import at, booted, effects, publishes, schedules
 from vvtv_autopilot.schemas.messages import parse_time
 from vvtv_autopilot.statemachine import cycle as cycle_module
 from vvtv_autopilot.statemachine.bounds_keeper import BoundsKeeper
