@@ -10,6 +10,7 @@ import math
 from datetime import datetime
 from typing import Collection, Mapping, Sequence
 
+import msgspec
 import numpy as np
 from scipy.special import ndtr
 from scipy.stats import qmc
@@ -20,7 +21,7 @@ from ._optimizer_types import CycleOutcome, OptimizerSettings, Proposal
 from .bounds import ParameterBounds, effective_range
 from .changes import ChangeType, ExpectedImpact, KpiImpact, ParameterChange
 
-__all__ = ["propose", "kpi_sign", "objective_weights"]
+__all__ = ["propose", "complete_history", "kpi_sign", "objective_weights"]
 
 
 def kpi_sign(spec: KpiSpec) -> float:
@@ -91,12 +92,48 @@ def propose(
     free = [n for n in names if n not in set(pinned) and ranges[n][1] - ranges[n][0] > 0]
     if not free:
         return Proposal([], cur, None, "none", "no free parameter (all pinned or with an empty range)", seed)
+    history = complete_history(history, names, cur)
     usable = [h for h in history if any(k in kpis for k in h.lifts)][-settings.max_history:]
     critical = [k for k, s in kpis.items() if s.critical]
     observed = {k: sum(1 for h in usable if k in h.lifts) for k in kpis}
     if len(usable) < settings.min_history or any(observed[k] == 0 for k in critical):
         return _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, reference, settings)
     return _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ranges, reference, settings)
+
+
+def complete_history(history: Sequence[CycleOutcome], names: Sequence[str],
+                     current: Mapping[str, float]) -> list[CycleOutcome]:
+    """Every outcome with a value for every tuned parameter, in both its points.
+
+    A cycle records only the parameters it changed (the core's proposal holds the changes),
+    so with two or more parameters an outcome lacks the others. They were not moved by that
+    canary: both arms ran them at the value live at the time. That value is known exactly
+    (barring changes outside the cycles, e.g. an override): walking back from the current
+    point, a parameter is live at the baseline of the latest later outcome that records it,
+    or at its current value when none does. The outcome becomes a difference observation
+    with the unchanged coordinates at that live value in both its points, which is where the
+    GP must place it (reading the current value instead misplaces it once that parameter has
+    moved; reading it as missing crashed). Outcomes that are already complete are returned
+    as they are, so with one parameter nothing changes. Pure and deterministic."""
+    known = {n: float(current[n]) for n in names}
+    out: list[CycleOutcome] = []
+    for h in reversed(history):
+        if all(n in h.parameters and n in h.baseline for n in names):
+            done = h
+        else:
+            base = dict(h.baseline)
+            params = dict(h.parameters)
+            for n in names:
+                if base.get(n) is None:
+                    base[n] = known[n]
+                if params.get(n) is None:
+                    params[n] = base[n]
+            done = msgspec.structs.replace(h, parameters=params, baseline=base)
+        for n in names:
+            known[n] = float(done.baseline[n])   # live just before this cycle
+        out.append(done)
+    out.reverse()
+    return out
 
 
 def _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, reference, s: OptimizerSettings) -> Proposal:

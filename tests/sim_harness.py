@@ -303,7 +303,7 @@ class SimWorld:
         current = self.ap.cycle.data.cycle_id if self.ap.cycle is not None else None
         if current is not None and current != previous and before is not None:
             self.cycles[current] = CycleInfo(current, cycle_no(current), self.day_of(self.now), self.now, index, before,
-                                             base_w=float(get_path(self.ap.state.card, P)))
+                                             base_w=self._card_point(self.ap.state.card))
             if paused:
                 self.violations.append(f"{current} started while paused")
         for t in step.transitions:
@@ -311,7 +311,7 @@ class SimWorld:
             info.transitions.append(t)
             if t.to == "Canary":
                 info.canary_started = parse_time(t.at)
-                info.candidate_w = float(self.ap.cycle.data.proposal[P])
+                info.candidate_w = self._proposal_point(self.ap.cycle.data.proposal, info.base_w)
                 for off in self.faults.crash_in_canary.get(info.no, []):
                     self._push(info.canary_started + timedelta(seconds=off), "crash")
             if t.to == "Gated" and t.detail.get("recommendation") == "proceed":
@@ -320,7 +320,7 @@ class SimWorld:
                 if info.no in self.faults.crash_after_gate:
                     self._push(self.now + LATENCY / 4, "crash")
             if t.to == "Validated" and info.candidate_w is None:
-                info.candidate_w = float(self.ap.cycle.data.proposal[P])
+                info.candidate_w = self._proposal_point(self.ap.cycle.data.proposal, info.base_w)
         if self.ap.state.card_version != version_before and not isinstance(ib.event, Boot):   # a Boot adopts the disk card
             self.card_changes.append((self.now, version_before, self.ap.state.card_version))
             self.card_change_steps.append(step)
@@ -331,6 +331,18 @@ class SimWorld:
         for e in step.effects:
             self._effect(e)
         return step
+
+    # --- where VVTV stands: one float (diversity weight) here; a subclass may use a point -----------
+
+    def _card_point(self, card: dict[str, Any]) -> Any:
+        return float(get_path(card, P))
+
+    def _proposal_point(self, proposal: dict[str, float] | None, base: Any) -> Any:
+        """The candidate: a cycle's proposal holds only the parameters it changes."""
+        return float((proposal or {}).get(P, base))
+
+    def _request_point(self, parameters: dict[str, Any]) -> Any:
+        return float(parameters[P])
 
     def _effect(self, e: Effect) -> None:
         if e.kind == "schedule":
@@ -369,7 +381,7 @@ class SimWorld:
             return
         if e.effect_id not in self.vvtv_applied:   # apply one effect id once
             self.vvtv_applied.add(e.effect_id)
-            w = float(req["parameters"][P])
+            w = self._request_point(req["parameters"])
             if req["arm"] == "live":
                 self.vvtv_live, self.vvtv_canary = w, None
             elif w == self.vvtv_live:
