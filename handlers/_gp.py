@@ -17,7 +17,7 @@ def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
 
 
-class _DiffGP:
+class DiffGP:
     """GP on a latent g with observations y_i = g(a_i) - g(b_i) + noise."""
 
     def __init__(self, a: np.ndarray, b: np.ndarray, y: np.ndarray, noise_var: np.ndarray | None,

@@ -16,7 +16,7 @@ from scipy.special import ndtr
 from scipy.stats import qmc
 
 from ..schemas.config import KpiSpec
-from ._gp import _DiffGP
+from ._gp import DiffGP
 from ._optimizer_types import CycleOutcome, OptimizerSettings, Proposal
 from .bounds import ParameterBounds, effective_range
 from .changes import ChangeType, ExpectedImpact, KpiImpact, ParameterChange
@@ -189,7 +189,7 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
 
     c = norm(cur, cur)
     ref = norm(reference, cur) if reference else None
-    gps: dict[str, _DiffGP] = {}
+    gps: dict[str, DiffGP] = {}
     for k in kpis:
         obs = [h for h in usable if k in h.lifts and math.isfinite(h.lifts[k])]
         if not obs:
@@ -202,7 +202,7 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
         spec = kpis[k]
         # a guardrail's prior: it may move by its margin within a short length-scale (SafeOpt's
         # regularity assumption), so a flat history never makes far jumps look safe
-        gps[k] = _DiffGP(a, b, y, nv, s, min_scale=spec.margin if spec.critical else 0.0,
+        gps[k] = DiffGP(a, b, y, nv, s, min_scale=spec.margin if spec.critical else 0.0,
                          max_lengthscale=s.guardrail_max_lengthscale if spec.critical else math.inf)
 
     # candidates: global Sobol over the effective box, and local Sobol around the current point
