@@ -195,11 +195,11 @@ def test_trust_region_shrinks_after_failures_and_grows_after_successes():
 def test_a_planned_measurement_shrinks_the_guardrail_uncertainty_it_informs():
     """The expansion's look-ahead: the posterior sd of g(z) - g(q) once a canary at x is measured
     against c never grows, and measuring z itself against c = q gives the one-observation update."""
-    from vvtv_autopilot.handlers._gp import _DiffGP
+    from vvtv_autopilot.handlers._gp import DiffGP
     rng = np.random.default_rng(3)
     a, b = rng.uniform(0.2, 0.6, (8, 2)), rng.uniform(0.2, 0.6, (8, 2))
     y = rng.normal(0, 0.01, 8)
-    gp = _DiffGP(a, b, y, np.full(8, 1e-4), OptimizerSettings(), min_scale=0.05, max_lengthscale=0.2)
+    gp = DiffGP(a, b, y, np.full(8, 1e-4), OptimizerSettings(), min_scale=0.05, max_lengthscale=0.2)
     c, ref = np.array([0.4, 0.4]), np.array([0.3, 0.4])
     X = rng.uniform(0.2, 0.9, (16, 2))
     _, sd_c = gp.diff(X, c)
