@@ -62,7 +62,7 @@ def test_aa_three_kpis_holm_family_wise():
 
 
 def test_harm_of_twice_the_mde_rolls_back_early():
-    kpis = {"conv": KpiSpec(direction="increase")}   # default margin 1 %
+    kpis = {"conv": KpiSpec(direction="increase", margin=0.01)}   # the margin the MDE figures were set with
     rng = np.random.default_rng(20260103)
     arms = {"conv": simulate_arms(rng, paths=PATHS, looks=LOOKS, per_look=PER_LOOK, traffic_fraction=SPLIT,
                                   lift=-2 * MDE)}
@@ -72,7 +72,7 @@ def test_harm_of_twice_the_mde_rolls_back_early():
 
 
 def test_improvement_of_twice_the_mde_proceeds_early():
-    kpis = {"conv": KpiSpec(direction="increase")}
+    kpis = {"conv": KpiSpec(direction="increase", margin=0.01)}
     rng = np.random.default_rng(20260104)
     arms = {"conv": simulate_arms(rng, paths=PATHS, looks=LOOKS, per_look=PER_LOOK, traffic_fraction=SPLIT,
                                   lift=2 * MDE)}
@@ -84,7 +84,7 @@ def test_improvement_of_twice_the_mde_proceeds_early():
 
 def test_injected_sample_ratio_mismatch_is_inconclusive():
     # the canary really gets 16 % of the traffic instead of the configured 20 %
-    kpis = {"conv": KpiSpec(direction="increase")}
+    kpis = {"conv": KpiSpec(direction="increase", margin=0.01)}
     rng = np.random.default_rng(20260105)
     arms = {"conv": simulate_arms(rng, paths=PATHS, looks=LOOKS, per_look=PER_LOOK, traffic_fraction=SPLIT,
                                   canary_share=0.16)}
@@ -140,7 +140,7 @@ def test_hybrid_power_at_one_mde_beats_the_pure_mixture(lift, want):
     # the deadline Welch look buys back most of the fixed-horizon test's power (~0.80 at 1x MDE,
     # two-sided 0.05, no margin); the pure mixture test has ~0.55. Same canaries for both judges;
     # a look every 3 minutes keeps the test fast.
-    kpis = {"conv": KpiSpec(direction="increase")}
+    kpis = {"conv": KpiSpec(direction="increase", margin=0.01)}
     rng = np.random.default_rng(20260107 if lift < 0 else 20260108)
     paths, looks = 1000, 20
     arms = {"conv": simulate_arms(rng, paths=paths, looks=looks, per_look=3 * PER_LOOK, traffic_fraction=SPLIT,
