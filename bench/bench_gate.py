@@ -2,6 +2,7 @@
 
     /tmp/venv/bin/python bench/bench_gate.py [--paths 2000] [--seed 7]
     /tmp/venv/bin/python bench/bench_gate.py --tradeoff --paths 1000   # the alpha split
+    python bench/bench_gate.py --realistic --paths 1000 --seed 7      # issue 9: VVTV-like KPIs, power
 
 A canary: 60 minutes, 100 units a minute, each unit sent to the canary with
 probability 0.2; one KPI ("increase" is good, margin 1 %), normal (CV 1) or
@@ -35,12 +36,15 @@ from scipy.stats import mannwhitneyu
 
 from vvtv_autopilot.handlers.gate import evaluate_gate
 from vvtv_autopilot.handlers.gate_fixed import evaluate_gate_fixed
-from vvtv_autopilot.handlers.gate_sim import ArmPaths, _cumulate, fixed_horizon_mde, run_paths
+from vvtv_autopilot.handlers.gate_sim import (ArmPaths, _cumulate, fixed_horizon_mde, noninferiority_shown,
+                                              run_paths, simulate_arms, simulate_bernoulli_arms,
+                                              simulate_lognormal_arms)
+from vvtv_autopilot.handlers.power import canary_power
 from vvtv_autopilot.handlers.stats import RunningStats
 from vvtv_autopilot.schemas.config import KpiSpec
 
 LOOKS, PER_LOOK, SPLIT = 60, 100, 0.2
-KPIS = {"conv": KpiSpec(direction="increase")}
+KPIS = {"conv": KpiSpec(direction="increase", margin=0.01)}   # the margin the tables were measured with
 PURE_MIXTURE = {"sequential_alpha_share": 1.0, "mixture_tuning_fraction": 1.0}
 
 
@@ -116,6 +120,64 @@ def tradeoff(paths: int, seed: int, shares=(0.1, 0.2, 0.3, 0.4, 0.5, 1.0), tunin
             print(f"| {share:g} | {tuning:g} | " + " | ".join(cells) + " |")
 
 
+def realistic(paths: int, seed: int) -> None:
+    """Issue 9: decision time for harm of 2x the fixed-horizon MDE per KPI kind (harm raising a
+    Bernoulli rate, lowering a lognormal mean, lowering a normal mean), A/A errors, and the
+    power module's predictions against the simulated gate."""
+    looks, split, p, sig = 60, 0.2, 0.02, 0.8
+    cv_rate, cv_logn = float(np.sqrt((1 - p) / p)), float(np.sqrt(np.expm1(sig * sig)))
+    rows = [  # name, kpi, simulator, per_look, cv, signed lift of the harm
+        ("error_rate (Bernoulli 2 %), harm raises it", KpiSpec(direction="decrease", margin=0.01),
+         lambda rng, n, lift: simulate_bernoulli_arms(rng, paths=n, looks=looks, per_look=2000,
+                                                      traffic_fraction=split, p=p, lift=lift), 2000, cv_rate, +1),
+        ("engagement (lognormal s 0.8), harm lowers it", KpiSpec(direction="increase", margin=0.01),
+         lambda rng, n, lift: simulate_lognormal_arms(rng, paths=n, looks=looks, per_look=100,
+                                                      traffic_fraction=split, sigma=sig, lift=lift), 100, cv_logn, -1),
+        ("normal (CV 1), harm lowers it", KpiSpec(direction="increase", margin=0.01),
+         lambda rng, n, lift: simulate_arms(rng, paths=n, looks=looks, per_look=100, traffic_fraction=split,
+                                            lift=lift), 100, 1.0, -1),
+    ]
+    print(f"\nIssue 9 -- decision quality on VVTV-like KPIs ({looks} looks, canary share {split}, "
+          f"{paths} paths per cell, margin 1 %)\n")
+    print("| KPI | units/min | MDE (rel.) | harm 2xMDE: rollback, mean time | A/A: false rollback / false proceed |")
+    print("|---|---:|---:|---:|---:|")
+    for i, (name, spec, sim, upm, cv, sign) in enumerate(rows):
+        mde = fixed_horizon_mde(looks * upm, split, cv)
+        kp = {"k": spec}
+        recs, stops, _ = run_paths(kp, {"k": sim(np.random.default_rng([seed, 900 + i]), paths, sign * 2 * mde)},
+                                   traffic_fraction=split)
+        harm = f"{100 * np.mean([r == 'rollback' for r in recs]):.1f} %, {np.mean(stops) / looks:.2f}"
+        recs, _, _ = run_paths(kp, {"k": sim(np.random.default_rng([seed, 950 + i]), paths, 0.0)},
+                               traffic_fraction=split)
+        aa = (f"{100 * np.mean([r == 'rollback' for r in recs]):.1f} % / "
+              f"{100 * np.mean([r == 'proceed' for r in recs]):.1f} %")
+        print(f"| {name} | {upm} | {100 * mde:.1f} % | {harm} | {aa} |")
+
+    print("\nPower of the guardrail's non-inferiority test at no true change: predicted (handlers/power.py) "
+          "vs the simulated gate\n")
+    print("| guardrail | units/min | minutes | margin | predicted | simulated | margin for 80 % | minutes for 80 % |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    n_sim = max(200, paths // 2)
+    for j, (upm, mins, margin) in enumerate([(2000, 60, 0.2), (1200, 60, 0.2), (2000, 60, 0.1), (2000, 30, 0.2)]):
+        spec = KpiSpec(direction="decrease", critical=True, margin=margin)
+        rep = canary_power({"error_rate": spec}, {"error_rate": RunningStats(100_000, p, p * (1 - p) * 100_000)},
+                           units_per_minute=upm, traffic_fraction=split, duration_minutes=mins, confidence=0.95)
+        g = rep.guardrails[0]
+        arms = {"error_rate": simulate_bernoulli_arms(np.random.default_rng([seed, 990 + j]), paths=n_sim,
+                                                      looks=mins, per_look=upm, traffic_fraction=split, p=p)}
+        sim = noninferiority_shown({"error_rate": spec}, arms, "error_rate").mean()
+        m80 = "-" if g.margin_for_power is None else f"{100 * g.margin_for_power:.1f} %"
+        d80 = "-" if g.duration_for_power_minutes is None else f"{g.duration_for_power_minutes:g}"
+        print(f"| error_rate 2 % | {upm} | {mins} | {100 * margin:g} % | {100 * g.power:.1f} % | {100 * sim:.1f} % "
+              f"| {m80} | {d80} |")
+    print("\nScore MDE at 80 % power (engagement, lognormal s 0.8), predicted:")
+    for upm in (2000, 1200):
+        rep = canary_power({"selection_entropy": KpiSpec(direction="increase")},
+                           {"selection_entropy": RunningStats(100_000, 1.0, cv_logn ** 2 * 100_000)},
+                           units_per_minute=upm, traffic_fraction=split, duration_minutes=60, confidence=0.95)
+        print(f"  {upm} units/min, 60 min: MDE {100 * rep.score_mde:.2f} % (score SE {100 * rep.score_se:.2f} %)")
+
+
 def gate_cost(repeats: int = 2000) -> tuple[float, float]:
     rng = np.random.default_rng(1)
     kpis = {f"kpi_{i}": KpiSpec(direction="increase" if i % 2 else "decrease", critical=i == 0) for i in range(10)}
@@ -135,7 +197,14 @@ def main() -> None:
     ap.add_argument("--paths", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--tradeoff", action="store_true", help="only the alpha-split table (hybrid judge)")
+    ap.add_argument("--realistic", action="store_true", help="only the issue-9 tables (VVTV-like KPIs, power)")
     args = ap.parse_args()
+    if args.realistic:
+        t0 = time.perf_counter()
+        print(f"$ python bench/bench_gate.py --realistic --paths {args.paths} --seed {args.seed}")
+        realistic(args.paths, args.seed)
+        print(f"\nwall time {time.perf_counter() - t0:.0f} s")
+        return
     if args.tradeoff:
         t0 = time.perf_counter()
         tradeoff(args.paths, args.seed, tunings=(0.25, 0.5, 1.0))

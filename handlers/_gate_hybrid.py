@@ -15,9 +15,15 @@ bounds are the intersection of the two one-sided bounds (the mixture's at
 ``alpha_seq``, Welch's at ``alpha_fix``): ``p <= alpha`` exactly when that
 bound excludes the null value.
 
-The fixed look is spent once: at ``final`` when the elapsed fraction is below
-:data:`FIXED_LOOK_BEFORE` (the original deadline; an extension's deadline, at
-about 2, is judged by the mixture alone).
+Fixed looks and the extension: the fixed-horizon share ``1 - s`` is spent at
+most twice, each look on the cumulative data at its own alpha (a union bound
+again): at the original deadline (``final`` with an elapsed fraction below
+:data:`FIXED_LOOK_BEFORE`) and, when the canary may be extended once, at the
+extension's deadline (elapsed fraction at or above it). With an extension
+planned, the deadline look gets ``(1 - e)`` of the fixed share and the
+extension's deadline ``e`` (``extension_alpha_share``, default
+:data:`DEFAULT_EXTENSION_SHARE`); without one the deadline look gets it all.
+Family-wise: ``s + (1 - s)(1 - e) + (1 - s) e = 1``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .sequential import boundary, optimal_r, p_value, t_quantile, t_sf, t_to_z, 
 DEFAULT_SEQUENTIAL_SHARE = 0.3     # alpha_seq = 0.015, alpha_fix = 0.035 at 95 % (bench/GATE.md)
 DEFAULT_MIXTURE_TUNING = 0.5       # the mixture's boundary is lowest at mid-window
 FIXED_LOOK_BEFORE = 1.5
+DEFAULT_EXTENSION_SHARE = 1.0 / 3.0   # of the fixed-horizon alpha, reserved for an extension's deadline
 
 
 @dataclass(frozen=True)
@@ -40,23 +47,29 @@ class Split:
     fixed: bool          # this look runs the fixed-horizon tests
     r: float             # mixture r at this look
     z_seq: float         # the mixture's one-sided boundary at this look (normal scale)
+    fix_weight: float = 1.0   # the part of the fixed-horizon share (1 - share) this look spends
 
     @property
     def alpha_seq(self) -> float:
         return self.share * self.alpha
 
     @property
+    def fix_share(self) -> float:
+        """The share of alpha the fixed look at this look spends."""
+        return (1.0 - self.share) * self.fix_weight
+
+    @property
     def alpha_fix(self) -> float:
-        return (1.0 - self.share) * self.alpha
+        return self.fix_share * self.alpha
 
     @property
     def uses_fixed(self) -> bool:
-        return self.fixed and self.share < 1.0
+        return self.fixed and self.fix_share > 0.0
 
     def hybrid(self, p_seq: float, p_fix: float | None) -> float:
         p = p_seq / self.share
         if p_fix is not None and self.uses_fixed:
-            p = min(p, p_fix / (1.0 - self.share))
+            p = min(p, p_fix / self.fix_share)
         return min(p, 1.0)
 
     def half_width(self, se: float, df: float) -> float:
@@ -67,10 +80,18 @@ class Split:
         return hw
 
 
-def make_split(alpha: float, share: float, tuning: float, frac: float, fixed: bool) -> Split:
+def make_split(alpha: float, share: float, tuning: float, frac: float, fixed: bool,
+               fix_weight: float = 1.0) -> Split:
     a_seq = round(share * alpha, 12)
     r = optimal_r(a_seq) * frac / tuning
-    return Split(alpha, share, fixed, r, boundary(r, a_seq))
+    return Split(alpha, share, fixed, r, boundary(r, a_seq), fix_weight)
+
+
+def fixed_weight(extension_share: float, planned_extension: bool, extension_look: bool) -> float:
+    """The part of the fixed-horizon share spent at a fixed look (see the module docstring)."""
+    if extension_look:
+        return extension_share
+    return 1.0 - extension_share if planned_extension else 1.0
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ class KpiVerdict(msgspec.Struct, frozen=True):
     verdict: Literal["harm", "improvement", "non_inferior", "neutral", "no_data"]
     rule: str
     mode: Literal["relative", "absolute", "none"] = "none"   # units of estimate/interval/margin
-    estimate: float | None = None     # lift (relative) or diff (absolute), canary vs control
+    estimate: float | None = None     # lift (relative: canary/control - 1) or diff (absolute), canary vs control
     interval: tuple[float, float] | None = None   # valid bounds on ``estimate``, each at confidence
-    se: float | None = None
+    se: float | None = None           # of the tested effect: the log ratio (relative) or the diff (absolute)
     df: float | None = None
-    margin: float | None = None       # non-inferiority margin in ``mode`` units
+    margin: float | None = None       # non-inferiority margin: relative (on the ratio) or in the KPI's units
     p_harm: float | None = None       # hybrid p, H0: not worse than the margin (compare with alpha)
     p_noninferior: float | None = None  # hybrid p, H0: worse than the margin (compare with alpha)
     srm_p: float | None = None        # anytime-valid SRM p of this KPI's arm counts (decides)
@@ -39,6 +39,7 @@ class KpiVerdict(msgspec.Struct, frozen=True):
     p_harm_fixed: float | None = None            # raw one-sided Welch p at the deadline look (alpha_fixed)
     p_noninferior_sequential: float | None = None
     p_noninferior_fixed: float | None = None
+    log_ratio: float | None = None    # relative mode: log(canary mean / control mean), the tested effect
 
 
 class GateDecision(msgspec.Struct, frozen=True):
@@ -60,7 +61,7 @@ class GateDecision(msgspec.Struct, frozen=True):
     srm_p: float | None = None        # smallest anytime-valid SRM p-value over KPIs with data
     mixture_r: float | None = None    # mixture variance / end-of-window variance, at this look
     alpha_sequential: float | None = None   # alpha spent by the mixture tests over all looks
-    alpha_fixed: float | None = None        # alpha spent by the one fixed-horizon look at the deadline
+    alpha_fixed: float | None = None        # alpha of this look's fixed-horizon test (deadline or extension's deadline)
     fixed_look: bool = False                # this look ran the fixed-horizon tests
     p_improvement_sequential: float | None = None
     p_improvement_fixed: float | None = None

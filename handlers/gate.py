@@ -16,13 +16,30 @@ that is the mixture at alpha_seq, at it also the Welch test at alpha_fix.
 
 Per KPI (see :mod:`.effect`):
 
-- effect: relative lift with delta-method variance and Welch-Satterthwaite df
-  (absolute difference when the control mean is near zero), signed so that
-  positive is good (``direction``); ``margin`` is the relative
-  non-inferiority margin (times ``|control mean|`` in absolute mode);
+- effect: the log of the ratio of means with delta-method variance and
+  Welch-Satterthwaite df (the absolute difference when a mean is near zero, or
+  when the KPI has an absolute margin ``margin_abs``), signed so that positive is
+  good (``direction``). A relative ``margin`` m is a bound on the ratio: the
+  canary may be down to ``(1 - m)`` x the control ("increase") or up to
+  ``(1 + m)`` x ("decrease"), i.e. ``-log(1 - m)`` or ``log(1 + m)`` on the
+  log scale (``m * |control mean|`` if the effect fell back to absolute mode);
+  ``margin_abs`` is in the KPI's units;
 - harm: one-sided test of "good effect < -margin";
 - non-inferiority: one-sided test of "good effect > -margin";
-- reported interval: the two one-sided hybrid bounds, each at ``confidence``.
+- reported: the relative lift (ratio - 1) as ``estimate`` with its interval
+  (the two one-sided hybrid bounds, each at ``confidence``, mapped from the log
+  scale) and the relative ``margin``; ``log_ratio``, ``se`` and ``df`` are the
+  test's own scale. In absolute mode everything is in the KPI's units.
+
+Guardrails and success metrics: a critical KPI is a guardrail (harm and
+non-inferiority); it enters the improvement score only with an explicit weight
+(``KpiSpec.weight`` defaults to 0 for critical KPIs). The score is the weighted
+mean of the good-signed log ratios of the weighted KPIs in relative mode,
+reported as a relative change in the good direction (for one KPI: its lift, or
+its drop for a "decrease" KPI); its standard error is ``sum w_i se_i / sum w_i``,
+the exact bound on ``sd(sum w_i x_i) / sum w_i`` whatever the (unknown)
+correlation between the KPIs (equal to it when they are perfectly correlated;
+the arms' statistics carry no cross-KPI covariance to do better).
 
 Decision, in this order:
 
@@ -42,10 +59,19 @@ Decision, in this order:
 "extend"; ``extend=True`` with the latter). The mixture is tuned in information
 time (``elapsed_fraction``), so an extension keeps its guarantees: keep calling
 with ``elapsed_fraction`` measured against the original window (it then exceeds
-1), and pass ``inconclusive_action="rollback"`` after the one extension. The
-fixed look is spent at the original deadline only (``fixed_look=None``: at
-``final`` with an elapsed fraction below 1.5); the extension's deadline is
-judged by the mixture alone.
+1), and pass ``inconclusive_action="rollback"`` after the one extension.
+
+The extension gets its own share of alpha: the fixed-horizon share
+``1 - sequential_alpha_share`` is split between the original deadline look and
+the extension's deadline look, ``(1 - e)`` and ``e`` with ``e =
+extension_alpha_share`` (default 1/3), when an extension is planned
+(``planned_extension``; None: inferred, True when ``inconclusive_action="extend"``
+or at an elapsed fraction >= 1.5, the extension's own looks). Without a planned
+extension the deadline look spends the whole fixed share, as before. Each look
+is a one-sided Welch test on the cumulative data; with the mixture's share the
+three add up to alpha (union bound), so the family-wise error over window and
+extension stays <= alpha. A canary lengthened before it started (power) is not
+an extension: measure ``elapsed_fraction`` against its lengthened window.
 """
 
 from __future__ import annotations
@@ -54,14 +80,15 @@ import math
 from typing import Mapping
 
 from ..schemas.config import KpiSpec
-from ._gate_hybrid import (DEFAULT_MIXTURE_TUNING, DEFAULT_SEQUENTIAL_SHARE, FIXED_LOOK_BEFORE, OneSided, Split,
-                           exact, greater, make_split)
+from ._gate_hybrid import (DEFAULT_EXTENSION_SHARE, DEFAULT_MIXTURE_TUNING, DEFAULT_SEQUENTIAL_SHARE,
+                           FIXED_LOOK_BEFORE, OneSided, Split, exact, fixed_weight, greater, make_split)
 from ._gate_types import METHOD, METHOD_SEQUENTIAL, Action, GateDecision, KpiVerdict, Recommendation
 from .effect import estimate_effect
 from .stats import RunningStats, srm_pvalue, srm_pvalue_anytime
 
 __all__ = ["evaluate_gate", "GateDecision", "KpiVerdict", "Recommendation", "Action", "METHOD",
-           "METHOD_SEQUENTIAL", "SRM_THRESHOLD", "DEFAULT_SEQUENTIAL_SHARE", "DEFAULT_MIXTURE_TUNING"]
+           "METHOD_SEQUENTIAL", "SRM_THRESHOLD", "DEFAULT_SEQUENTIAL_SHARE", "DEFAULT_MIXTURE_TUNING",
+           "DEFAULT_EXTENSION_SHARE", "kpi_margin"]
 
 SRM_THRESHOLD = 0.001
 _MIN_FRACTION = 1e-3
@@ -75,11 +102,12 @@ def _fmt(x: float) -> str:
 class _Kpi:
     """Working values for one KPI (not exported)."""
 
-    __slots__ = ("name", "spec", "a", "b", "eff", "g", "m", "harm", "ni", "lo", "hi", "srm", "srm_chi2")
+    __slots__ = ("name", "spec", "a", "b", "eff", "rel", "g", "m", "harm", "ni", "lo", "hi", "srm", "srm_chi2")
 
     def __init__(self, name: str, spec: KpiSpec, a: RunningStats, b: RunningStats) -> None:
         self.name, self.spec, self.a, self.b = name, spec, a, b
         self.eff = None
+        self.rel = None     # the relative (log-ratio) effect for the score, when there is one
         self.g = 1.0 if spec.direction == "increase" else -1.0
         self.m = 0.0
         self.harm = self.ni = _NONE
@@ -111,6 +139,8 @@ def evaluate_gate(
     sequential_alpha_share: float = DEFAULT_SEQUENTIAL_SHARE,
     mixture_tuning_fraction: float = DEFAULT_MIXTURE_TUNING,
     fixed_look: bool | None = None,
+    extension_alpha_share: float = DEFAULT_EXTENSION_SHARE,
+    planned_extension: bool | None = None,
 ) -> GateDecision:
     """Judge the canary at one look (see the module docstring for the rule).
 
@@ -118,8 +148,11 @@ def evaluate_gate(
     mixture test spends (1: the pure mixture test, no fixed look);
     ``mixture_tuning_fraction`` > 0: the elapsed fraction at which the
     mixture's boundary is lowest; ``fixed_look``: run the fixed-horizon tests at
-    this look (None: at ``final`` before an extension, i.e. elapsed < 1.5).
-    Spend the fixed look once per canary."""
+    this look (None: at ``final``). ``extension_alpha_share`` [0, 1): the part of
+    the fixed-horizon alpha reserved for the deadline of an extension (0: the
+    extension is judged by the mixture alone); ``planned_extension``: whether this
+    canary may be extended once (None: ``inconclusive_action == "extend"`` or an
+    elapsed fraction >= 1.5). Spend each fixed look once per canary."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if inconclusive_action not in ("rollback", "extend"):
@@ -128,11 +161,18 @@ def evaluate_gate(
         raise ValueError(f"sequential_alpha_share must be in (0, 1], got {sequential_alpha_share}")
     if not mixture_tuning_fraction > 0.0 or math.isinf(mixture_tuning_fraction):
         raise ValueError(f"mixture_tuning_fraction must be positive, got {mixture_tuning_fraction}")
+    if not 0.0 <= extension_alpha_share < 1.0:
+        raise ValueError(f"extension_alpha_share must be in [0, 1), got {extension_alpha_share}")
     alpha = 1.0 - confidence
     frac = max(float(elapsed_fraction), _MIN_FRACTION) if math.isfinite(elapsed_fraction) else 1.0
+    extension_look = frac >= FIXED_LOOK_BEFORE
+    if planned_extension is None:
+        planned_extension = inconclusive_action == "extend" or extension_look
+    fix_w = fixed_weight(float(extension_alpha_share), bool(planned_extension), extension_look)
     if fixed_look is None:
-        fixed_look = bool(final) and frac < FIXED_LOOK_BEFORE
-    sp = make_split(alpha, float(sequential_alpha_share), float(mixture_tuning_fraction), frac, bool(fixed_look))
+        fixed_look = bool(final) and fix_w > 0.0
+    sp = make_split(alpha, float(sequential_alpha_share), float(mixture_tuning_fraction), frac, bool(fixed_look),
+                    fix_w)
     min_n = max(int(min_samples), 2)
 
     work: list[_Kpi] = []
@@ -141,9 +181,10 @@ def evaluate_gate(
         work.append(k)
         if k.a.n < min_n or k.b.n < min_n:
             continue
-        eff = estimate_effect(k.a, k.b)
+        eff = estimate_effect(k.a, k.b, absolute=spec.margin_abs is not None)
         k.eff = eff
-        k.m = spec.margin if eff.mode == "relative" else spec.margin * abs(k.a.mean)
+        k.rel = eff if spec.margin_abs is None else estimate_effect(k.a, k.b)
+        k.m = kpi_margin(spec, eff.mode, k.a.mean)
         k.srm = srm_pvalue_anytime(k.a.n, k.b.n, traffic_fraction, elapsed_fraction=frac, alpha=srm_threshold)
         k.srm_chi2 = srm_pvalue(k.a.n, k.b.n, traffic_fraction)
         good = k.g * eff.estimate + k.m       # > 0: within the margin
@@ -164,23 +205,31 @@ def evaluate_gate(
         else:
             break
 
-    # Weighted improvement score over relative-mode KPIs with weight > 0 (a KPI
-    # in absolute mode, baseline ~ 0, stays a guardrail only). Its
-    # standard error assumes the worst case (perfectly correlated KPIs):
-    # se <= sum w_i se_i / W, valid whatever the correlation between KPIs.
-    scored = [k for k in work if k.eff is not None and k.eff.mode == "relative" and k.spec.weight > 0]
+    # Weighted improvement score over the KPIs with weight > 0 and a relative
+    # (log-ratio) effect (a KPI whose mean is ~0 stays a guardrail only): the
+    # weighted mean of good-signed log ratios. Its standard error is the bound
+    # sd(sum w_i x_i) <= sum w_i sd(x_i) (Cauchy-Schwarz on the covariance),
+    # exact for perfectly correlated KPIs and valid whatever their correlation.
+    scored = [k for k in work if k.rel is not None and k.rel.mode == "relative" and k.spec.weight > 0]
     score = score_lo = None
     imp = _NONE
     if scored:
         wsum = sum(k.spec.weight for k in scored)
-        score = sum(k.spec.weight * k.g * k.eff.estimate for k in scored) / wsum
-        se = sum(k.spec.weight * k.eff.se for k in scored) / wsum
-        df = min(k.eff.df for k in scored)
+        s_log = sum(k.spec.weight * k.g * k.rel.estimate for k in scored) / wsum
+        se = score_se([(k.spec.weight, k.rel.se) for k in scored])
+        df = min(k.rel.df for k in scored)
+        # shown as a relative change of the means in the good direction: the lift of an
+        # "increase" KPI (ratio - 1), the drop of a "decrease" one (1 - ratio)
+        up = sum(k.spec.weight for k in scored if k.g > 0) >= wsum / 2
+
+        def shown(x: float) -> float:
+            return math.expm1(x) if up else -math.expm1(-x)
+        score = shown(s_log)
         if se > 0.0:
-            imp = greater(sp, score / se, df)
-            score_lo = score - sp.half_width(se, df)
+            imp = greater(sp, s_log / se, df)
+            score_lo = shown(s_log - sp.half_width(se, df))
         else:
-            imp = exact(sp, score <= 0)
+            imp = exact(sp, s_log <= 0)
             score_lo = score
     p_imp = imp.p if scored else None
 
@@ -200,7 +249,7 @@ def evaluate_gate(
             action=action, extend=action == "extend", final=final, elapsed_fraction=float(elapsed_fraction),
             score=score, score_lower=score_lo, p_improvement=p_imp,
             srm_p=srm_min[0] if srm_min else None, mixture_r=sp.r,
-            alpha_sequential=sp.alpha_seq, alpha_fixed=alpha - sp.alpha_seq, fixed_look=sp.uses_fixed,
+            alpha_sequential=sp.alpha_seq, alpha_fixed=sp.alpha_fix, fixed_look=sp.uses_fixed,
             p_improvement_sequential=imp.p_seq if scored else None,
             p_improvement_fixed=imp.p_fix if scored else None, **kw)
 
@@ -218,7 +267,7 @@ def evaluate_gate(
     # 2. Harm, family-wise controlled (Holm).
     if harmed:
         hk = [k for k in work if k.name in harmed]
-        rel = [-100.0 * k.g * k.eff.estimate for k in hk if k.eff.mode == "relative"]
+        rel = [-100.0 * k.g * k.eff.lift for k in hk if k.eff.lift is not None]
         names = ", ".join(f"{k.name} (p={k.p_harm:.2g})" for k in hk)
         return decision("rollback", f"harm beyond the margin in {names} (Holm at alpha={_fmt(alpha)}; {judged})",
                         min(k.p_harm for k in hk), "rollback",
@@ -260,6 +309,26 @@ def evaluate_gate(
     return decision("continue", reason, evidence, "continue")
 
 
+def kpi_margin(spec: KpiSpec, mode: str, control_mean: float) -> float:
+    """The KPI's non-inferiority margin on the scale its effect is tested on: the
+    log-ratio scale in relative mode (``-log(1 - m)`` for an "increase" KPI,
+    ``log(1 + m)`` for a "decrease" one), ``margin_abs``, or ``m * |control
+    mean|`` when a relative margin meets an absolute-mode effect (mean ~ 0)."""
+    if spec.margin_abs is not None:
+        return float(spec.margin_abs)
+    m = float(spec.margin)
+    if mode == "relative":
+        return math.log1p(m) if spec.direction == "decrease" else -math.log1p(-min(m, 1.0 - 1e-12))
+    return m * abs(control_mean)
+
+
+def score_se(parts: list[tuple[float, float]]) -> float:
+    """Standard error of the weighted mean ``sum w_i x_i / sum w_i`` from ``(w_i, se_i)``:
+    ``sum w_i se_i / sum w_i``, the largest it can be over all correlations."""
+    wsum = sum(w for w, _ in parts)
+    return sum(w * s for w, s in parts) / wsum if wsum > 0 else 0.0
+
+
 def _how(sp: Split) -> str:
     seq = f"anytime mixture at {_fmt(sp.alpha_seq)}"
     return f"{seq} + fixed-horizon Welch at {_fmt(sp.alpha_fix)}" if sp.uses_fixed else seq
@@ -278,24 +347,29 @@ def _verdict(k: _Kpi, harmed: set[str], sp: Split, min_n: int) -> KpiVerdict:
             f"fewer than {min_n} samples in an arm (control {a.n}, canary {b.n})",
             srm_p=k.srm, srm_chi2_p=k.srm_chi2)
     unit = "" if eff.mode == "relative" else " (absolute)"
+    shown_m = spec.margin if eff.mode == "relative" else k.m
     # good-direction lower bound of the effect
     good_lo = k.lo if k.g > 0 else -k.hi
     if k.name in harmed:
         verdict, p = "harm", k.p_harm
-        rule = f"harm beyond margin {_fmt(k.m)}{unit}: p={k.p_harm:.3g}, rejected by Holm at {_fmt(alpha)}"
+        rule = f"harm beyond margin {_fmt(shown_m)}{unit}: p={k.p_harm:.3g}, rejected by Holm at {_fmt(alpha)}"
     elif k.p_ni <= alpha and good_lo > 0.0:
         verdict, p = "improvement", k.p_ni
         rule = f"better than control: bound excludes 0, non-inferior (p={k.p_ni:.3g})"
     elif k.p_ni <= alpha:
         verdict, p = "non_inferior", k.p_ni
-        rule = f"non-inferior within margin {_fmt(k.m)}{unit} (p={k.p_ni:.3g} <= {_fmt(alpha)})"
+        rule = f"non-inferior within margin {_fmt(shown_m)}{unit} (p={k.p_ni:.3g} <= {_fmt(alpha)})"
     else:
         verdict, p = "neutral", min(k.p_ni, k.p_harm)
         rule = f"undecided: p(non-inferior)={k.p_ni:.3g}, p(harm)={k.p_harm:.3g}"
+    if eff.mode == "relative":   # report the relative lift; the test ran on the log ratio
+        est, interval, log_ratio = math.expm1(eff.estimate), (math.expm1(k.lo), math.expm1(k.hi)), eff.estimate
+    else:
+        est, interval, log_ratio = eff.estimate, (k.lo, k.hi), None
     return KpiVerdict(
         k.name, spec.direction, spec.critical, a.n, b.n, a.mean, b.mean, eff.lift, eff.diff, p, verdict,
         f"{rule} [{_how(sp)}]",
-        mode=eff.mode, estimate=eff.estimate, interval=(k.lo, k.hi), se=eff.se, df=eff.df, margin=k.m,
+        mode=eff.mode, estimate=est, interval=interval, se=eff.se, df=eff.df, margin=shown_m, log_ratio=log_ratio,
         p_harm=k.p_harm, p_noninferior=k.p_ni, srm_p=k.srm, srm_chi2_p=k.srm_chi2,
         p_harm_sequential=k.harm.p_seq, p_harm_fixed=k.harm.p_fix,
         p_noninferior_sequential=k.ni.p_seq, p_noninferior_fixed=k.ni.p_fix)

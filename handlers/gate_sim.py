@@ -106,3 +106,69 @@ def run_paths(
                 stops[p] = t + 1
                 break
     return recs, stops, reasons
+
+
+def _cumulate_counts(m: np.ndarray, k: np.ndarray) -> ArmPaths:
+    """Cumulative statistics of 0/1 samples from per-look unit and event counts."""
+    n = np.cumsum(m, axis=1)
+    s = np.cumsum(k, axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, s / np.maximum(n, 1), 0.0)
+    return ArmPaths(n.astype(np.int64), mean, np.maximum(s - n * mean * mean, 0.0))
+
+
+def simulate_bernoulli_arms(
+    rng: np.random.Generator, *, paths: int, looks: int, per_look: int, traffic_fraction: float,
+    p: float, lift: float = 0.0,
+) -> tuple[ArmPaths, ArmPaths]:
+    """A per-unit Bernoulli KPI (e.g. ``error_rate``): the control's rate is ``p``,
+    the canary's ``p * (1 + lift)``; exact sufficient statistics from counts."""
+    mb = rng.binomial(per_look, traffic_fraction, size=(paths, looks))
+    ma = per_look - mb
+    a = _cumulate_counts(ma, rng.binomial(ma, p))
+    b = _cumulate_counts(mb, rng.binomial(mb, min(max(p * (1.0 + lift), 0.0), 1.0)))
+    return a, b
+
+
+def simulate_lognormal_arms(
+    rng: np.random.Generator, *, paths: int, looks: int, per_look: int, traffic_fraction: float,
+    sigma: float = 0.8, lift: float = 0.0,
+) -> tuple[ArmPaths, ArmPaths]:
+    """A per-unit lognormal KPI (e.g. ``selection_entropy``) with log-sd ``sigma``
+    and mean 1; the canary's values are multiplied by ``1 + lift`` (its mean and
+    sd move together). Raw samples are drawn one look at a time."""
+    shape = (paths, looks)
+    out = {arm: (np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape)) for arm in ("a", "b")}
+    for t in range(looks):
+        x = rng.lognormal(-sigma * sigma / 2.0, sigma, (paths, per_look))
+        can = rng.random((paths, per_look)) < traffic_fraction
+        x = np.where(can, x * (1.0 + lift), x)
+        for arm, mask in (("a", ~can), ("b", can)):
+            m = mask.sum(axis=1)
+            mean = np.where(m > 0, np.where(mask, x, 0.0).sum(axis=1) / np.maximum(m, 1), 0.0)
+            dev = np.where(mask, x - mean[:, None], 0.0)
+            out[arm][0][:, t], out[arm][1][:, t], out[arm][2][:, t] = m, mean, (dev * dev).sum(axis=1)
+    return _cumulate(*out["a"]), _cumulate(*out["b"])
+
+
+def noninferiority_shown(
+    kpis: Mapping[str, KpiSpec], arms: Mapping[str, tuple[ArmPaths, ArmPaths]], kpi: str, *,
+    confidence: float = 0.95, min_samples: int = 30, traffic_fraction: float = 0.2, **kw,
+) -> np.ndarray:
+    """Per path: whether the gate's non-inferiority test of ``kpi`` rejected at some
+    look (its hybrid p <= alpha), the deadline being the last look."""
+    first = next(iter(arms.values()))[0]
+    paths, looks = first.n.shape
+    alpha = 1.0 - confidence
+    shown = np.zeros(paths, dtype=bool)
+    for p in range(paths):
+        for t in range(looks):
+            ctl = {k: a.at(p, t) for k, (a, _) in arms.items()}
+            can = {k: b.at(p, t) for k, (_, b) in arms.items()}
+            d = evaluate_gate(kpis, ctl, can, confidence=confidence, min_samples=min_samples, final=t == looks - 1,
+                              traffic_fraction=traffic_fraction, elapsed_fraction=(t + 1) / looks, **kw)
+            v = next(v for v in d.kpis if v.kpi == kpi)
+            if v.p_noninferior is not None and v.p_noninferior <= alpha:
+                shown[p] = True
+                break
+    return shown

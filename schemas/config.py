@@ -162,11 +162,33 @@ class AutopilotConfig(_Strict):
     sliding_bounds: SlidingBoundsConfig = SlidingBoundsConfig()
     drift_monitoring: DriftMonitoringConfig = DriftMonitoringConfig()
     incident_triage: IncidentTriageConfig = IncidentTriageConfig()
+    # Power before the canary (handlers/power.py, bench/GATE.md "Power"): what to do when a
+    # guardrail's non-inferiority test has < 80 % power at its margin. "run": run the planned
+    # canary anyway and record the power (the seed's behaviour); "lengthen": run it for the
+    # duration that reaches 80 %, capped at max_canary_duration_minutes; "skip": no canary
+    # this cycle. max_canary_duration_minutes: None = canary_duration_minutes (a canary
+    # longer than planned must be a stated choice).
+    underpowered_action: Literal["run", "lengthen", "skip"] = "run"
+    max_canary_duration_minutes: float | None = Field(None, gt=0)
 
     @field_validator("daily_schedule_utc")
     @classmethod
     def _daily(cls, value: str) -> str:
         return _hhmm(value)
+
+    @model_validator(mode="after")
+    def _max_canary(self) -> "AutopilotConfig":
+        m = self.max_canary_duration_minutes
+        if m is not None and m < self.canary_duration_minutes:
+            raise ValueError(f"max_canary_duration_minutes = {m} must be at least canary_duration_minutes "
+                             f"({self.canary_duration_minutes})")
+        return self
+
+    @property
+    def max_canary_minutes(self) -> float:
+        """The longest canary allowed (``max_canary_duration_minutes`` or the planned duration)."""
+        m = self.max_canary_duration_minutes
+        return self.canary_duration_minutes if m is None else m
 
 
 class StreamNames(_Strict):
@@ -217,11 +239,63 @@ class ParameterSpec(_Strict):
         return self
 
 
+# Default non-inferiority margins (relative), chosen for what a one-hour canary can show at
+# VVTV's traffic (bench/GATE.md, "Margins"): a guardrail that is a ~2 % rate has a relative SE of
+# ~5 % over a one-hour 20 % canary, so only a margin of ~15-20 % reaches 80 % power; an engagement
+# KPI with CV ~1 has ~0.7 %, so ~2 %.
+DEFAULT_MARGIN_GUARDRAIL = 0.2
+DEFAULT_MARGIN_SUCCESS = 0.02
+MAX_RELATIVE_MARGIN = 10.0
+
+
 class KpiSpec(_Strict):
+    """One KPI as the gate judges it.
+
+    ``critical``: a guardrail, tested for harm and non-inferiority only; it enters the
+    improvement score only with an explicit ``weight`` (default: 0 for a critical KPI, 1
+    otherwise). ``margin`` (relative, on the ratio of means: the canary may be up to
+    ``(1 + margin)`` x the control in the bad direction of a "decrease" KPI, down to
+    ``(1 - margin)`` x for an "increase" one) or ``margin_abs`` (in the KPI's own units, on
+    the difference of means): at most one of them may be given; without either the
+    relative default applies (``DEFAULT_MARGIN_GUARDRAIL`` for a critical KPI,
+    ``DEFAULT_MARGIN_SUCCESS`` otherwise). After validation ``weight`` and ``margin`` are
+    always floats (``margin`` stays the relative margin other modules read, even when the
+    gate uses ``margin_abs``)."""
+
     direction: Literal["increase", "decrease"]
     critical: bool = False
     weight: float = Field(1.0, ge=0)
-    margin: float = Field(0.01, ge=0, lt=1)
+    margin: float = Field(DEFAULT_MARGIN_SUCCESS, ge=0)
+    margin_abs: float | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        critical = bool(data.get("critical", False))
+        if data.get("weight") is None:
+            data["weight"] = 0.0 if critical else 1.0
+        if data.get("margin") is not None and data.get("margin_abs") is not None:
+            raise ValueError(f"margin = {data['margin']} and margin_abs = {data['margin_abs']}: give at most one "
+                             "(margin is relative to the control mean, margin_abs is in the KPI's units)")
+        if data.get("margin") is None:
+            data["margin"] = DEFAULT_MARGIN_GUARDRAIL if critical else DEFAULT_MARGIN_SUCCESS
+        return data
+
+    @model_validator(mode="after")
+    def _margin_range(self) -> "KpiSpec":
+        m = self.margin
+        if not math.isfinite(m) or m > MAX_RELATIVE_MARGIN:
+            raise ValueError(f"margin = {m}: a relative margin must be at most {MAX_RELATIVE_MARGIN:g} "
+                             f"(5 tolerates a canary up to 6x the control in the bad direction)")
+        if self.direction == "increase" and m >= 1.0:
+            raise ValueError(f"margin = {m}: on an 'increase' KPI a relative margin must be below 1 "
+                             "(1 would tolerate any drop to zero); use margin_abs for a wider tolerance")
+        if self.margin_abs is not None and not math.isfinite(self.margin_abs):
+            raise ValueError(f"margin_abs = {self.margin_abs}: must be finite")
+        return self
 
 
 class GoldenConfig(_Strict):

@@ -63,7 +63,9 @@ def test_clear_improvement_proceeds_early():
              {"conv": arm(1000, 1.25), "errors": arm(1000, 1.0, 0.01)}, elapsed_fraction=0.4)
     assert d.recommendation == "proceed" and d.action == "proceed"
     assert {v.verdict for v in d.kpis} == {"improvement", "non_inferior"}
-    assert d.p_improvement <= 0.05 and d.score == pytest.approx(0.25 / 2)
+    # the critical KPI is a guardrail: weight 0 by default, so the score is conv's lift alone
+    assert d.p_improvement <= 0.05 and d.score == pytest.approx(0.25)
+    assert CRIT_DOWN.weight == 0.0 and UP.weight == 1.0
     assert d.statistical_significance == max(d.p_improvement, *(v.p_noninferior for v in d.kpis))
 
 
@@ -98,7 +100,7 @@ def test_non_inferior_guardrail_with_improving_primary_proceeds():
              {"conv": arm(1200, 1.1, 0.3), "latency": arm(1200, 1.003, 0.02)}, final=True)
     assert d.recommendation == "proceed"
     lat = d.kpis[1]
-    assert lat.verdict == "non_inferior" and lat.margin == pytest.approx(0.01) and lat.p_noninferior <= 0.05
+    assert lat.verdict == "non_inferior" and lat.margin == pytest.approx(0.02) and lat.p_noninferior <= 0.05
     assert d.score == pytest.approx(0.1)   # latency has no weight
 
 
@@ -230,14 +232,14 @@ def test_any_statistics_give_an_encodable_decision():
 
 
 def _harm_z(z: float, n_c: int = 4800, n_k: int = 1200):
-    """Control and canary arms whose relative lift sits ``z`` standard errors below -1 % (the margin)."""
+    """Control and canary arms whose log ratio sits ``z`` standard errors below log(1 - margin)."""
     lo, hi = 0.0, 0.5
     for _ in range(80):
         drop = (lo + hi) / 2
         d = evaluate_gate({"k": UP}, {"k": arm(n_c, 1.0)}, {"k": arm(n_k, 1.0 - drop)},
                           confidence=0.95, min_samples=30, final=False)
         v = d.kpis[0]
-        t = -(v.estimate + v.margin) / v.se
+        t = -(v.log_ratio - math.log1p(-v.margin)) / v.se
         lo, hi = (drop, hi) if t < z else (lo, drop)
     return {"k": arm(n_c, 1.0)}, {"k": arm(n_k, 1.0 - hi)}
 
@@ -258,8 +260,9 @@ def test_hybrid_p_value_is_the_union_of_the_mixture_and_the_deadline_welch_test(
     assert v.p_harm_fixed + v.p_noninferior_fixed == pytest.approx(1.0)
     # the reported bounds agree with the tests: harm is rejected exactly when the upper bound is below -margin
     assert (v.p_harm <= 0.05) == (v.interval[1] < -v.margin)
-    # the deadline bound is the tighter Welch one (one-sided at alpha_fix)
-    assert v.interval[1] - v.estimate == pytest.approx(v.se * float(student_t.isf(0.035, v.df)))
+    # the deadline bound is the tighter Welch one (one-sided at alpha_fix), on the log-ratio scale
+    assert math.log1p(v.interval[1]) - v.log_ratio == pytest.approx(v.se * float(student_t.isf(0.035, v.df)))
+    assert v.estimate == pytest.approx(math.expm1(v.log_ratio)) == pytest.approx(v.lift)
 
 
 def test_the_deadline_look_catches_a_moderate_harm_the_mixture_alone_misses():
@@ -277,16 +280,34 @@ def test_the_deadline_look_catches_a_moderate_harm_the_mixture_alone_misses():
     assert gate({"k": UP}, c, k, final=True).recommendation == "inconclusive"
 
 
-def test_the_fixed_look_is_spent_once():
-    c, k = _harm_z(2.2, 9600, 2400)
-    # the extension's deadline (elapsed ~ 2): the mixture alone, the fixed look was spent at 1
+def test_the_extension_gets_its_own_share_of_the_fixed_alpha():
+    c, k = _harm_z(2.2, 9600, 2400)   # one-sided Welch p ~ 0.014
+    # no extension planned: the deadline look spends the whole fixed share (0.035)
+    d = gate({"k": UP}, c, k, final=True)
+    assert d.fixed_look and d.alpha_fixed == pytest.approx(0.035) and d.recommendation == "rollback"
+    # an extension planned (inconclusive_action="extend"): the deadline keeps 2/3 of it ...
+    d = gate({"k": UP}, c, k, final=True, inconclusive_action="extend")
+    assert d.alpha_fixed == pytest.approx(0.035 * 2 / 3) and d.recommendation == "rollback"
+    # ... and the extension's deadline (elapsed ~ 2) gets 1/3: its own Welch look on all the data
     d = gate({"k": UP}, c, k, final=True, elapsed_fraction=2.0)
+    assert d.fixed_look and d.alpha_fixed == pytest.approx(0.035 / 3)
+    v = d.kpis[0]
+    assert v.p_harm == pytest.approx(min(1.0, v.p_harm_sequential / 0.3, v.p_harm_fixed / (0.7 / 3)))
+    assert d.recommendation == "inconclusive"     # p_fix ~ 0.014 > 0.0117
+    c2, k2 = _harm_z(2.4, 9600, 2400)             # p_fix ~ 0.008 < 0.0117
+    assert gate({"k": UP}, c2, k2, final=True, elapsed_fraction=2.0).recommendation == "rollback"
+    # the three shares add up to alpha
+    assert d.alpha_sequential + 0.035 * 2 / 3 + d.alpha_fixed == pytest.approx(0.05)
+    # extension_alpha_share=0: the previous rule, the extension judged by the mixture alone
+    d = gate({"k": UP}, c2, k2, final=True, elapsed_fraction=2.0, extension_alpha_share=0.0)
     assert not d.fixed_look and d.kpis[0].p_harm_fixed is None and d.recommendation == "inconclusive"
     assert "Welch" not in d.reason
-    # a late first deadline still gets it; the caller can force either way
-    assert gate({"k": UP}, c, k, final=True, elapsed_fraction=1.2).fixed_look
-    assert gate({"k": UP}, c, k, final=True, elapsed_fraction=2.0, fixed_look=True).recommendation == "rollback"
+    # a late first deadline is still the first deadline; the caller can force either way
+    d = gate({"k": UP}, c, k, final=True, elapsed_fraction=1.2)
+    assert d.fixed_look and d.alpha_fixed == pytest.approx(0.035)
     assert not gate({"k": UP}, c, k, final=True, fixed_look=False).fixed_look
+    with pytest.raises(ValueError):
+        evaluate_gate({"k": UP}, {}, {}, confidence=0.95, min_samples=30, final=True, extension_alpha_share=1.0)
 
 
 def test_hybrid_arguments_are_checked():
