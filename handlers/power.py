@@ -311,7 +311,7 @@ def plan_canary(
     - ``"lengthen"`` -> run for the duration that powers every guardrail, at most
       ``max_duration_minutes`` (None: the planned duration, i.e. no lengthening);
       if even that is not enough, run for the maximum and say so. A guardrail
-      that cannot be predicted (no live data) is never a reason to lengthen.
+      that cannot be predicted (no live data) is never a reason to lengthen or skip.
     """
     if underpowered_action not in ("run", "lengthen", "skip"):
         raise ValueError(f"underpowered_action must be 'run', 'lengthen' or 'skip', got {underpowered_action!r}")
@@ -319,7 +319,9 @@ def plan_canary(
     args = dict(units_per_minute=units_per_minute, traffic_fraction=traffic_fraction, confidence=confidence,
                 check_interval_minutes=check_interval_minutes, planned_extension=planned_extension, **kw)
     rep = canary_power(kpis, live, duration_minutes=duration_minutes, **args)
-    weak = [g for g in rep.guardrails if not g.powered]
+    # A guardrail whose power cannot be predicted (no live data yet) is reported, but it is no
+    # reason to skip or lengthen a canary: a new installation would otherwise never run one.
+    weak = [g for g in rep.guardrails if not g.powered and g.power is not None]
     if not weak:
         return CanaryPlan(True, float(duration_minutes), float(duration_minutes), "run",
                           "every guardrail's non-inferiority test has at least "

@@ -13,6 +13,8 @@ import msgspec
 import numpy as np
 from scipy import stats as _sps
 
+from .sequential import optimal_r_two_sided, p_value_two_sided
+
 
 class RunningStats(msgspec.Struct, frozen=True):
     n: int = 0
@@ -100,8 +102,6 @@ def srm_pvalue_anytime(n_control: int, n_canary: int, canary_fraction: float, *,
     window at ``alpha``. Checking it at every look keeps the false-alarm rate
     at ``alpha`` over the whole canary; the classic :func:`srm_pvalue` checked
     at 60 looks raises about 1 % false alarms at 0.001."""
-    from .sequential import optimal_r_two_sided, p_value_two_sided
-
     total = n_control + n_canary
     if total <= 0 or not 0.0 < canary_fraction < 1.0:
         return 1.0

@@ -21,6 +21,7 @@ from ..handlers.card import get_path, parameter_values, version_id, with_values
 from ..handlers.changes import manual_change
 from ..handlers.golden import GoldenSet
 from ..handlers.optimizer import seed_from_cycle_id
+from ..handlers.power import plan_canary_for
 from ..handlers.stats import RunningStats
 from ..handlers.triage import TriageReport
 from ..schemas.config import Config
@@ -133,11 +134,31 @@ class Autopilot:
             "cycle": None if running is None else {
                 "cycle_id": running.data.cycle_id, "state": running.state, "origin": running.data.origin,
                 "started_at": running.data.started_at, "deadline": running.data.deadline,
-                "proposal": running.data.proposal,
+                "proposal": running.data.proposal, "canary_plan": running.data.canary_plan,
                 "samples": {"control": {k: v.n for k, v in running.data.control.items()},
                             "canary": {k: v.n for k, v in running.data.canary.items()}},
             },
         }
+
+    def units_per_minute(self, now: datetime) -> dict[str, float]:
+        """Per KPI, the units a minute the canary can expect from now: the live traffic of the
+        same hours yesterday (traffic swings through the day), else of the last hour, else the
+        window's average."""
+        minutes = self.config.autopilot.canary_duration_minutes
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        yesterday = [rfc3339(hour - timedelta(days=1) + timedelta(hours=h))
+                     for h in range(max(1, int(-(-(now - hour + timedelta(minutes=minutes)).total_seconds() // 3600))))]
+        out = {}
+        for kpi, buckets in self.state.live.items():
+            same_hours = [buckets[b].n for b in yesterday if b in buckets]
+            last = buckets.get(rfc3339(hour - timedelta(hours=1)))
+            if same_hours:
+                out[kpi] = sum(same_hours) / (60.0 * len(same_hours))
+            elif last is not None:
+                out[kpi] = last.n / 60.0
+            elif buckets:
+                out[kpi] = sum(b.n for b in buckets.values()) / (60.0 * len(buckets))
+        return out
 
     def live_window(self, now: datetime) -> dict[str, RunningStats]:
         since = now - timedelta(hours=self.config.autopilot.analysis_window_hours)
@@ -388,11 +409,13 @@ class Autopilot:
         cycle = Cycle(data, self.config)
         self.cycle = cycle
         s.active_cycle_id = cycle_id
-        cycle.analyze(step, self.live_window(step.now))
+        live = self.live_window(step.now)
+        cycle.analyze(step, live)
         suggestion = None
         if proposal is None:
             suggestion = self.tuning.propose(step, data.analysis, card=s.card, pinned=sorted(s.overrides), seed=data.seed)
         if cycle.adopt(step, suggestion):
+            data.canary_plan = msgspec.to_builtins(plan_canary_for(self.config, live, self.units_per_minute(step.now)))
             checks = [self.check_bounds(step, name, value, cycle.bounds_mode)
                       for name, value in sorted((data.proposal or {}).items())]
             cycle.bound(step, suggestion, checks, golden=self.golden)

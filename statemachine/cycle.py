@@ -52,6 +52,7 @@ class CycleData(msgspec.Struct, kw_only=True):
     candidate_version: str | None = None
     control: dict[str, RunningStats] = {}
     canary: dict[str, RunningStats] = {}
+    canary_plan: dict[str, Any] | None = None  # the canary's power and duration, planned before it starts
     canary_started_at: str | None = None
     deadline: str | None = None
     extended: bool = False
@@ -59,6 +60,28 @@ class CycleData(msgspec.Struct, kw_only=True):
     gate: dict[str, Any] | None = None
     completed_at: str | None = None
     error: str | None = None
+
+
+def underpowered_message(plan: dict[str, Any]) -> str:
+    """What an operator needs when a guardrail cannot be shown non-inferior: its power, and the
+    margin or the duration that would reach the target power."""
+    power = plan.get("power") or {}
+    target = 100 * float(power.get("target_power") or 0.8)
+    parts = []
+    for g in power.get("guardrails", []):
+        if g.get("powered") or g.get("power") is None:
+            continue
+        what = f"{100 * g['power']:.0f} %"
+        fixes = []
+        if g.get("margin_for_power") is not None:
+            unit = "" if g.get("margin_kind") == "absolute" else " (relative)"
+            fixes.append(f"margin {g['margin_for_power']:.3g}{unit} instead of {g.get('margin')}")
+        if g.get("duration_for_power_minutes") is not None:
+            fixes.append(f"a {g['duration_for_power_minutes']:.0f}-minute canary")
+        parts.append(f"{g['kpi']}: power {what} < {target:.0f} % in {power.get('duration_minutes', 0):.0f} min"
+                     + (f"; would need {' or '.join(fixes)}" if fixes else ""))
+    return (f"guardrail non-inferiority underpowered ({plan.get('action')}): " + "; ".join(parts)
+            + f". {plan.get('reason', '')}").strip()
 
 
 class _Fsm:
@@ -242,14 +265,31 @@ class Cycle:
                 "candidates": suggestion.candidates, "safe_candidates": suggestion.safe_candidates}
 
     def golden_result(self, step: Step, passed: bool, detail: dict[str, Any]) -> None:
-        self.data.awaiting = None
+        """Bounded -> Validated (or Failed); at Validated the canary's plan decides whether it
+        runs (``autopilot.underpowered_action``: a skipped canary ends the cycle as NoChange)."""
+        d = self.data
+        d.awaiting = None
         if not passed:
-            self.data.error = "golden-set validation failed"
+            d.error = "golden-set validation failed"
             self._fire(step, "golden_failed", detail)
             return
-        self._fire(step, "golden_passed", detail)
-        d = self.data
+        plan = d.canary_plan or {}
+        self._fire(step, "golden_passed", detail | {"canary_plan": plan})
+        if any(g.get("power") is not None and not g.get("powered") for g in plan.get("power", {}).get("guardrails", [])):
+            step.publish("autopilot.evt.alert", {
+                "kind": "canary_underpowered", "cycle_id": d.cycle_id, "at": step.at, "action": plan.get("action"),
+                "guardrails": [g for g in plan["power"]["guardrails"] if g.get("power") is not None and not g.get("powered")],
+                "message": underpowered_message(plan)}, effect_id=f"alert:{d.cycle_id}:power")
+        if plan and not plan.get("run", True):
+            self._fire(step, "underpowered", {"reason": plan.get("reason"), "canary_plan": plan})
+            return
         self._apply(step, "canary", "canary", d.candidate_card or {}, d.candidate_version or "", await_reply=True)
+
+    @property
+    def canary_minutes(self) -> float:
+        """The canary's window: as planned at Validated (lengthened for power), else as configured."""
+        plan = self.data.canary_plan or {}
+        return float(plan.get("duration_minutes") or self.config.autopilot.canary_duration_minutes)
 
     def canary_apply_result(self, step: Step, applied: bool, error: str | None) -> None:
         d = self.data
@@ -260,7 +300,7 @@ class Cycle:
             self._restore_canary_arm(step)
             self._fire(step, "canary_apply_failed", {"error": error, "precautionary_rollback": True})
             return
-        duration = timedelta(minutes=self.config.autopilot.canary_duration_minutes)
+        duration = timedelta(minutes=self.canary_minutes)
         d.canary_started_at = step.at
         d.deadline = rfc3339(step.now + duration)
         d.control, d.canary = {}, {}
@@ -294,7 +334,7 @@ class Cycle:
             return
         d = self.data
         cfg = self.config.autopilot
-        window = cfg.canary_duration_minutes * 60.0
+        window = self.canary_minutes * 60.0
         # Information time against the original window: > 1 after an extension,
         # which keeps the mixture test's guarantee (bench/GATE.md).
         elapsed = (step.now - parse_time(d.canary_started_at or step.at)).total_seconds() / window

@@ -47,6 +47,7 @@ TRANSITIONS = [
     {"trigger": "golden_passed", "source": "Bounded", "dest": "Validated"},
     {"trigger": "golden_failed", "source": "Bounded", "dest": "Failed"},
     {"trigger": "canary_started", "source": "Validated", "dest": "Canary"},
+    {"trigger": "underpowered", "source": "Validated", "dest": "NoChange"},
     {"trigger": "canary_apply_failed", "source": "Validated", "dest": "Failed"},
     {"trigger": "extend", "source": "Canary", "dest": "Canary"},
     {"trigger": "judge", "source": "Canary", "dest": "Gated"},

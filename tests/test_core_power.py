@@ -1,0 +1,73 @@
+"""The canary's power, planned at Validated from the live window (issue 9).
+
+A Bernoulli error rate of 2 % at ~33 units a minute cannot be shown non-inferior within a
+1 % margin in an hour: the plan says so with the numbers an operator needs (``evt.alert``
+``canary_underpowered``, the Validated detail, ``status``), and ``autopilot.underpowered_action``
+decides: run anyway, lengthen the canary (up to ``max_canary_duration_minutes``), or skip the
+cycle as NoChange.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core_driver import CARD, Driver, at, moves, publishes, schedules
+from vvtv_autopilot.schemas.config import parse_config
+from vvtv_autopilot.schemas.messages import parse_time
+
+KPIS = {"selection_entropy": {"direction": "increase"},
+        "error_rate": {"direction": "decrease", "critical": True, "margin": 0.01}}
+
+
+def driver(**autopilot) -> Driver:
+    tree = {"canary_duration_minutes": 60, "check_interval_minutes": 10, "min_samples_per_arm": 30,
+            "sliding_bounds": {"initial_half_width_fraction": 0.5}} | autopilot
+    d = Driver(parse_config({"autopilot": tree, "kpis": KPIS}))
+    d.boot(at(0), CARD)
+    rng = np.random.default_rng(3)
+    for hour in range(24):   # yesterday's live traffic: 2,000 units an hour
+        when = at(-1440 + 60 * hour + 59)
+        d.metric("error_rate", "live", None, (rng.random(2000) < 0.02).astype(float), when)
+        d.metric("selection_entropy", "live", None, rng.lognormal(0.0, 0.8, 2000), when)
+    return d
+
+
+def start(d: Driver):
+    s = d.command("run-now", at(1))
+    assert s.reply["ok"], s.reply
+    return s.reply["cycle_id"], d.golden(s, at(2))
+
+
+def test_an_underpowered_guardrail_skips_the_cycle_as_no_change_with_the_numbers():
+    d = driver(underpowered_action="skip")
+    cid, s = start(d)
+    assert moves(s.transitions) == [("Bounded", "Validated", "golden_passed"), ("Validated", "NoChange", "underpowered")]
+    plan = s.transitions[0].detail["canary_plan"]
+    guard = next(g for g in plan["power"]["guardrails"] if g["kpi"] == "error_rate")
+    assert guard["powered"] is False and guard["power"] < 0.8 and guard["margin_for_power"] > 0.01
+    assert guard["duration_for_power_minutes"] > 60
+    assert abs(guard["n_control"] - 2000 * 0.8) < 1      # yesterday's traffic at this hour, 80 % on control
+    alert = publishes(s, "autopilot.evt.alert")
+    assert [a["kind"] for a in alert] == ["canary_underpowered"]
+    assert "error_rate: power" in alert[0]["message"] and "would need margin" in alert[0]["message"]
+    assert not [e for e in s.effects if e.kind == "apply"], "no canary is applied"
+    assert d.ap.cycle.state == "NoChange" and "underpowered guardrail" in s.transitions[1].detail["reason"]
+
+
+def test_lengthen_runs_a_longer_canary_up_to_the_configured_maximum():
+    d = driver(underpowered_action="lengthen", max_canary_duration_minutes=240)
+    cid, s = start(d)
+    plan = s.transitions[0].detail["canary_plan"]
+    assert plan["action"] == "lengthen" and 60 < plan["duration_minutes"] <= 240
+    s = d.apply(s, "canary", at(3))
+    deadline = schedules(s, f"{cid}.deadline")[0]["at"]
+    assert deadline == at(3 + plan["duration_minutes"])
+    assert d.ap.status(parse_time(at(4)))["cycle"]["canary_plan"]["duration_minutes"] == plan["duration_minutes"]
+
+
+def test_run_anyway_keeps_the_configured_window_and_still_warns():
+    d = driver()   # underpowered_action: run (the default)
+    cid, s = start(d)
+    assert [a["kind"] for a in publishes(s, "autopilot.evt.alert")] == ["canary_underpowered"]
+    s = d.apply(s, "canary", at(3))
+    assert schedules(s, f"{cid}.deadline")[0]["at"] == at(63)
