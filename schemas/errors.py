@@ -13,6 +13,7 @@
     │   ├── CorruptVersion         a history file whose hash does not match its name
     │   └── VerificationFailed     the card re-read after a write is not the card written
     ├── ReplayMismatch         a replay diverged from the recorded transitions
+    ├── RecordingError         a recorded-cycle file (JSON lines) that cannot be read
     └── GitHubError            filing the triage's issues on GitHub failed (never carries the token)
         ├── GitHubAuthError        401, or 403 that is not a rate limit: bad token or no permission (not retried)
         ├── GitHubRefused          another 4xx: unknown repository, invalid label or assignee (not retried)
@@ -82,6 +83,10 @@ class ReplayMismatch(AutopilotError):
         self.cycle_id = cycle_id
         self.problems = problems
         super().__init__(f"replay of {cycle_id} differs from the record:\n  " + "\n  ".join(problems))
+
+
+class RecordingError(AutopilotError):
+    """A recorded-cycle export cannot be read: the message names the line and what is wrong."""
 
 
 class GitHubError(AutopilotError):

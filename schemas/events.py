@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .errors import RecordingError
+
 
 class MetricStats(msgspec.Struct, frozen=True, tag="metric"):
     kpi: str
@@ -106,3 +108,69 @@ class TransitionRecord(msgspec.Struct, frozen=True, rename={"from_": "from"}):
     cause: dict[str, Any]
     detail: dict[str, Any]
     machine: str         # hash of the machine definition that made it
+
+
+class RecordedCycle(msgspec.Struct, kw_only=True):
+    """One cycle as recorded, enough to replay it anywhere (incident review): the
+    autopilot's state just before the event that started it, the configuration and
+    built-in golden set it ran under (both as JSON), the inbox from that event on, and
+    the transitions it made. Exported as JSON lines by :func:`encode_recorded_cycle`."""
+
+    cycle_id: str
+    config: str                      # Config as JSON
+    state_before: str                # AutopilotState as JSON
+    golden: str | None = None        # the built-in golden set as JSON (golden.mode: builtin)
+    inbounds: list[Inbound] = []
+    transitions: list[TransitionRecord] = []
+
+
+RECORDED_CYCLE_FORMAT = "vvtv-autopilot/recorded-cycle/v1"
+
+
+class _RecordedHeader(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    format: str
+    cycle_id: str
+    config: str
+    state_before: str
+    golden: str | None = None
+    inbounds: int
+    transitions: int
+
+
+def encode_recorded_cycle(rec: RecordedCycle) -> bytes:
+    """JSON lines: a header, then one line per inbound, then one per transition."""
+    header = _RecordedHeader(format=RECORDED_CYCLE_FORMAT, cycle_id=rec.cycle_id, config=rec.config,
+                             state_before=rec.state_before, golden=rec.golden, inbounds=len(rec.inbounds),
+                             transitions=len(rec.transitions))
+    lines = [msgspec.json.encode(header)]
+    lines += [msgspec.json.encode(i) for i in rec.inbounds]
+    lines += [msgspec.json.encode(t) for t in rec.transitions]
+    return b"\n".join(lines) + b"\n"
+
+
+def decode_recorded_cycle(data: bytes) -> RecordedCycle:
+    """The inverse of :func:`encode_recorded_cycle`; a malformed file raises an error
+    naming the line and what is wrong with it (:class:`RecordingError`)."""
+    lines = [line for line in data.splitlines() if line.strip()]
+    if not lines:
+        raise RecordingError("empty file: expected a recorded-cycle header line")
+    try:
+        header = msgspec.json.decode(lines[0], type=_RecordedHeader)
+    except msgspec.ValidationError as exc:
+        raise RecordingError(f"line 1 is not a recorded-cycle header: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise RecordingError(f"line 1 is not JSON: {exc}") from None
+    if header.format != RECORDED_CYCLE_FORMAT:
+        raise RecordingError(f"line 1: format {header.format!r} is not {RECORDED_CYCLE_FORMAT!r}")
+    if len(lines) != 1 + header.inbounds + header.transitions:
+        raise RecordingError(f"the header announces {header.inbounds} inbounds and {header.transitions} transitions, "
+                         f"the file has {len(lines) - 1} lines after it")
+    inbounds, transitions = [], []
+    for n, line in enumerate(lines[1:], start=2):
+        kind, target = (Inbound, inbounds) if n - 2 < header.inbounds else (TransitionRecord, transitions)
+        try:
+            target.append(msgspec.json.decode(line, type=kind))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise RecordingError(f"line {n} is not a valid {kind.__name__}: {exc}") from None
+    return RecordedCycle(cycle_id=header.cycle_id, config=header.config, state_before=header.state_before,
+                         golden=header.golden, inbounds=inbounds, transitions=transitions)
