@@ -80,11 +80,20 @@ def propose(
     reference: Mapping[str, float] | None = None,
     at: datetime | None = None,
     settings: OptimizerSettings = OptimizerSettings(),
+    min_detectable_gain: float | None = None,
+    idle_cycles: int = 0,
 ) -> Proposal:
     """Propose the next change. ``bounds`` names the tunable parameters (their effective range
     at ``at`` is respected, hard limits normalize the inputs); ``current`` defaults to each
     bound's ``current_value``; ``reference`` (optional) is a second point the guardrails must
-    stay non-inferior to (e.g. the last known-good card), besides the current point."""
+    stay non-inferior to (e.g. the last known-good card), besides the current point.
+    ``min_detectable_gain``: the canary's MDE for the improvement score (relative, in the good
+    direction; see :func:`vvtv_autopilot.handlers.power.canary_power`). Given, the step is sized
+    so the canary can see it: exploration goes most of the way to the range's edge, and the GP
+    proposes only a safe candidate whose predicted score reaches the MDE, else no change (with
+    the figures in the reason). None: no sizing (the step as before)."""
+    mde = None if min_detectable_gain is None or not math.isfinite(min_detectable_gain) \
+        or min_detectable_gain <= 0 else float(min_detectable_gain)
     rng = np.random.default_rng(seed)
     names = sorted(bounds)
     cur = {n: float((current or {}).get(n, bounds[n].current_value)) for n in names}
@@ -96,9 +105,11 @@ def propose(
     usable = [h for h in history if any(k in kpis for k in h.lifts)][-settings.max_history:]
     critical = [k for k, s in kpis.items() if s.critical]
     observed = {k: sum(1 for h in usable if k in h.lifts) for k in kpis}
-    if len(usable) < settings.min_history or any(observed[k] == 0 for k in critical):
-        return _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, reference, settings)
-    return _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ranges, reference, settings)
+    min_history = settings.min_history if mde is None else settings.visible_min_history
+    if len(usable) < min_history or any(observed[k] == 0 for k in critical):
+        return _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, reference, settings, mde)
+    return _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ranges, reference, settings, mde,
+                        idle_cycles)
 
 
 def complete_history(history: Sequence[CycleOutcome], names: Sequence[str],
@@ -136,7 +147,10 @@ def complete_history(history: Sequence[CycleOutcome], names: Sequence[str],
     return out
 
 
-def _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, reference, s: OptimizerSettings) -> Proposal:
+def _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, reference, s: OptimizerSettings,
+             mde: float | None = None) -> Proposal:
+    if mde is not None:
+        return _explore_visible(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, s, mde)
     name = free[len(usable) % len(free)]
     lo, hi = ranges[name]
     x = min(max(cur[name], lo), hi)
@@ -179,8 +193,66 @@ def _explore(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, refer
                     seed, 1, 1)
 
 
+def _prior_sds(usable, kpis, s: OptimizerSettings) -> dict[str, float]:
+    sds = {}
+    for k in kpis:
+        vals = [h.lifts[k] for h in usable if k in h.lifts]
+        sds[k] = float(np.sqrt(np.mean(np.square(vals)))) if vals else s.default_noise_sd
+        sds[k] = max(sds[k], s.default_noise_sd)
+    return sds
+
+
+def _explore_visible(analysis, usable, bounds, kpis, seed, rng, free, cur, ranges, s: OptimizerSettings,
+                     mde: float) -> Proposal:
+    """Exploration sized for the canary: with no model yet the effect of a step is unknown, and a
+    step whose effect is below the canary's MDE teaches nothing, so one parameter (round robin)
+    moves ``visible_explore_fraction`` of the way to its range's edge: the way its last move
+    paid off (the other way after a loss), else towards the side with more room. Never onto the
+    edge (a value on its bound holds the bound's stable days), never beyond it."""
+    weights = objective_weights(kpis)
+    start = len(usable) % len(free)
+    tried = []
+    for name in free[start:] + free[:start]:
+        lo, hi = ranges[name]
+        x = min(max(cur[name], lo), hi)
+        room = {1.0: hi - x, -1.0: x - lo}
+        base = s.explore_step_fraction * (hi - lo)
+        learned = None
+        for h in reversed(usable):
+            moved = h.parameters.get(name, h.baseline.get(name)) - h.baseline.get(name, cur[name])
+            if abs(moved) > 0:
+                gain = sum(w * kpi_sign(kpis[k]) * h.lifts[k] for k, w in weights.items() if k in h.lifts)
+                learned = math.copysign(1.0, moved) * (1.0 if gain > 0 and h.outcome == "deployed" else -1.0)
+                break
+        if learned is not None:
+            # the way the last move paid off, unless that way has no room for a step
+            direction = learned if s.visible_explore_fraction * room[learned] >= base else -learned
+        elif abs(room[1.0] - room[-1.0]) > 1e-9 * (hi - lo):
+            direction = max(room, key=lambda d: room[d])
+        else:
+            direction = 1.0 if rng.random() < 0.5 else -1.0
+        step = s.visible_explore_fraction * room[direction]
+        span = bounds[name].hard_max - bounds[name].hard_min
+        new = _quantize(x + direction * step, lo, hi, span)
+        if step < base or abs(new - cur[name]) < s.min_step_fraction * span:
+            tried.append(f"{name} ({'+' if direction > 0 else '-'}: {room[direction]:.4g} of room)")
+            continue
+        point = dict(cur)
+        point[name] = new
+        impact = _impact(kpis, analysis, {}, _prior_sds(usable, kpis, s), s.beta, "exploration")
+        change = ParameterChange(name, cur[name], new, ChangeType.EXPLORATION, 0.5, impact)
+        return Proposal([change], point, impact, "exploration",
+                        f"exploration sized for the canary's MDE of {100 * mde:.2g} % ({len(usable)} of "
+                        f"{s.visible_min_history} outcomes needed for the model): {name} {cur[name]:.6g} -> {new:.6g} "
+                        f"({'+' if direction > 0 else '-'}{abs(new - cur[name]):.6g}, "
+                        f"{100 * s.visible_explore_fraction:.0f} % of the way to the range's edge)",
+                        seed, 1, 1)
+    return Proposal([], cur, None, "none",
+                    "no parameter has room for an exploration step the canary could see: " + ", ".join(tried), seed)
+
+
 def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ranges, reference,
-                 s: OptimizerSettings) -> Proposal:
+                 s: OptimizerSettings, mde: float | None = None, idle_cycles: int = 0) -> Proposal:
     lo_h = np.array([bounds[n].hard_min for n in names])
     span = np.array([bounds[n].hard_max - bounds[n].hard_min for n in names])
 
@@ -215,7 +287,10 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
     cf = c[free_idx]
     llo, lhi = np.maximum(cf - half, box_lo), np.minimum(cf + half, box_hi)
     loc = llo + qmc.Sobol(len(free), scramble=True, seed=rng).random_base2(m) * (lhi - llo)
-    X = np.repeat(c[None, :], 1 << m, axis=0)
+    if mde is not None:
+        # a visible step may lie beyond the trust region: the whole effective box as well
+        loc = np.vstack([loc, box_lo + qmc.Sobol(len(free), scramble=True, seed=rng).random_base2(m) * (box_hi - box_lo)])
+    X = np.repeat(c[None, :], len(loc), axis=0)
     X[:, free_idx] = loc
     # quantize in parameter units, then back to normalized
     for j, n in zip(free_idx, free):
@@ -258,19 +333,46 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
                 mr, sr = gps[k].diff(c[None, :], ref)
                 if kpi_sign(spec) * mr[0] < -spec.margin:
                     correcting = True
+    visible_note = ""
     if correcting:
         ucb = np.where(safe, obj, -np.inf)
+    elif mde is not None:
+        # only what the canary can see: a safe candidate whose predicted score (the gate's
+        # weighted mean of the success metrics' lifts) reaches the MDE, in the mean
+        wsum = sum(w for k, w in weights.items() if k in gps) or 1.0
+        score = obj / wsum
+        need = s.mde_fraction * mde
+        visible = safe & (score >= need)
+        if not visible.any() and idle_cycles >= s.idle_patience:
+            # learning must not stall: after ``idle_patience`` cycles without a canary, the safe
+            # candidate with the best mean among those a canary *could* see (upper bound >= MDE)
+            could = safe & (score > 0) & (score + s.kappa * obj_sd / wsum >= need)
+            if could.any():
+                i = int(np.argmax(np.where(could, obj, -np.inf)))
+                visible_note = (f"none reaches the canary's MDE of {100 * mde:.2g} % in the mean; after "
+                                f"{idle_cycles} cycles without a canary, the best mean whose upper bound does; ")
+                ucb = np.where(could, obj, -np.inf)
+        if not visible_note and not visible.any():
+            j = int(np.argmax(np.where(safe, obj, -np.inf)))
+            return Proposal([], cur, None, "none",
+                            f"the best safe candidate predicts {100 * score[j]:+.2g} % "
+                            f"(± {100 * obj_sd[j] / wsum:.2g} %), below the canary's MDE of {100 * mde:.2g} %: "
+                            f"no canary could confirm it (gp over {len(usable)} outcomes, {n_safe} of {len(X)} "
+                            f"candidates safe)", seed, len(X), n_safe)
+        if not visible_note:
+            ucb = np.where(visible, obj + s.kappa * obj_sd, -np.inf)
+            visible_note = f"{int(visible.sum())} reach the canary's MDE of {100 * mde:.2g} %; "
     else:
         ucb = np.where(safe, obj + s.kappa * obj_sd, -np.inf)
     i = int(np.argmax(ucb))
     expanding = expanded = False
-    if not correcting and s.expander and not obj[i] > s.min_expected_gain:
+    if not correcting and mde is None and s.expander and not obj[i] > s.min_expected_gain:
         # no safe candidate is expected (in the mean) to improve: the UCB winner would be a likely
         # loss. Measure where the measurement grows the safe set towards a better bound instead.
         j = _expansion(X, c, ref, safe, gps, means, sds, ref_post, obj, obj + s.kappa * obj_sd, float(ucb[i]), kpis, s)
         if j is not None:
             best_bound, i, expanding, expanded = float(ucb[i]), j, True, True
-    if not correcting and not expanded and not ucb[i] > s.min_expected_gain:
+    if not correcting and mde is None and not expanded and not ucb[i] > s.min_expected_gain:
         j = _expander(X, c, safe, obj_sd, {k: sds[k] for k, sp in kpis.items() if sp.critical and k in gps},
                       kpis, s) if s.expander else None
         if j is None:
@@ -302,7 +404,7 @@ def _gp_proposal(analysis, usable, bounds, kpis, seed, rng, names, free, cur, ra
             f"measurement that makes a better bound safe" if expanded else
             f"safe-set expander (no safe candidate improves, best bound {best_bound:.4g}): most uncertain safe point")
     return Proposal(changes, point, impact, "gp",
-                    f"gp over {len(usable)} outcomes: {n_safe} of {len(X)} candidates safe; {what} "
+                    f"gp over {len(usable)} outcomes: {n_safe} of {len(X)} candidates safe; {visible_note}{what} "
                     f"{impact.objective_delta:+.4g} ± {impact.objective_uncertainty:.3g} (P>0 = {conf:.2f})",
                     seed, len(X), n_safe)
 

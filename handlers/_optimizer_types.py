@@ -45,6 +45,12 @@ class OptimizerSettings(msgspec.Struct, frozen=True):
     lengthscales: tuple[float, ...] = (0.1, 0.2, 0.35, 0.6, 1.0)
     min_step_fraction: float = 1e-3       # smaller moves (of the hard span) are not changes
     expander: bool = True                 # nothing safe improves: try the most uncertain safe point (SafeOpt)
+    # When the canary's MDE is known (``propose(min_detectable_gain=...)``):
+    mde_fraction: float = 1.0             # the predicted score must reach this share of the MDE
+    visible_explore_fraction: float = 0.9  # exploration steps go this share of the way to the range's edge
+    visible_min_history: int = 3          # outcomes before the GP is used (instead of min_history)
+    idle_patience: int = 2                # after this many cycles in a row without a canary, a candidate
+                                          # whose upper bound (not mean) reaches the MDE may be tried
 
 
 class Proposal(msgspec.Struct, frozen=True):

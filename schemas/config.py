@@ -170,6 +170,10 @@ class AutopilotConfig(_Strict):
     # longer than planned must be a stated choice).
     underpowered_action: Literal["run", "lengthen", "skip"] = "run"
     max_canary_duration_minutes: float | None = Field(None, gt=0)
+    # The optimizer's step (README "Sliding bounds and the optimizer"): "canary_mde" sizes it so
+    # the canary can see its effect (the improvement score's MDE, planned before the proposal)
+    # and proposes no change when no safe candidate reaches it; "none": the step as before.
+    optimizer_step_sizing: Literal["canary_mde", "none"] = "canary_mde"
 
     @field_validator("daily_schedule_utc")
     @classmethod

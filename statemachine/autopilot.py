@@ -411,11 +411,16 @@ class Autopilot:
         s.active_cycle_id = cycle_id
         live = self.live_window(step.now)
         cycle.analyze(step, live)
+        # The canary's power is planned before the proposal: the optimizer sizes its step so that
+        # the canary can see it (the score's MDE), or proposes nothing.
+        plan = plan_canary_for(self.config, live, self.units_per_minute(step.now))
         suggestion = None
         if proposal is None:
-            suggestion = self.tuning.propose(step, data.analysis, card=s.card, pinned=sorted(s.overrides), seed=data.seed)
+            suggestion = self.tuning.propose(step, data.analysis, card=s.card, pinned=sorted(s.overrides), seed=data.seed,
+                                             min_detectable_gain=plan.power.score_mde
+                                             if self.config.autopilot.optimizer_step_sizing == "canary_mde" else None)
         if cycle.adopt(step, suggestion):
-            data.canary_plan = msgspec.to_builtins(plan_canary_for(self.config, live, self.units_per_minute(step.now)))
+            data.canary_plan = msgspec.to_builtins(plan)
             checks = [self.check_bounds(step, name, value, cycle.bounds_mode)
                       for name, value in sorted((data.proposal or {}).items())]
             cycle.bound(step, suggestion, checks, golden=self.golden)

@@ -27,6 +27,7 @@ MAX_OUTCOMES = 60
 class TuningState(msgspec.Struct, kw_only=True):
     bounds: dict[str, B.ParameterBounds] = {}
     outcomes: list[CycleOutcome] = []                # what past canaries measured (optimizer input)
+    idle_cycles: int = 0                             # optimizer cycles in a row that proposed no change
 
 
 class BoundsKeeper:
@@ -49,10 +50,13 @@ class BoundsKeeper:
         return B.clamp_or_reject(bounds, value, mode, at=step.now)
 
     def propose(self, step: Step, analysis: dict[str, Any], *, card: dict[str, Any], pinned: list[str],
-                seed: int) -> Proposal:
+                seed: int, min_detectable_gain: float | None = None) -> Proposal:
+        """The optimizer's proposal; ``min_detectable_gain`` is the canary's MDE for the improvement
+        score (relative, good direction; None: unknown), which the step must clear."""
         current = {n: float(get_path(card, n, b.current_value)) for n, b in self.state.bounds.items()}
         return propose(analysis=analysis.get("kpis", {}), history=list(self.state.outcomes), bounds=self.state.bounds,
-                       kpis=self.config.kpis, seed=seed, pinned=pinned, current=current, at=step.now)
+                       kpis=self.config.kpis, seed=seed, pinned=pinned, current=current, at=step.now,
+                       min_detectable_gain=min_detectable_gain, idle_cycles=self.state.idle_cycles)
 
     def override_active(self, name: str, now: datetime) -> bool:
         bounds = self.state.bounds.get(name)
@@ -117,6 +121,8 @@ class BoundsKeeper:
         """Bounds follow the outcome; the outcome joins the optimizer's history."""
         d = cycle.data
         if not d.proposal:
+            if cycle.state == "NoChange" and d.origin != "propose":
+                self.state.idle_cycles += 1   # the optimizer proposed nothing
             return
         cfg = self.config.autopilot.sliding_bounds
         for name, value in sorted(d.proposal.items()):
@@ -135,6 +141,7 @@ class BoundsKeeper:
         outcome = realized_outcome(cycle)
         if outcome is not None:
             self.state.outcomes = (self.state.outcomes + [outcome])[-MAX_OUTCOMES:]
+            self.state.idle_cycles = 0
 
     def _emit(self, step: Step, name: str, update: B.Update) -> None:
         bounds, adjustments = update

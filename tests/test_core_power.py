@@ -71,3 +71,26 @@ def test_run_anyway_keeps_the_configured_window_and_still_warns():
     assert [a["kind"] for a in publishes(s, "autopilot.evt.alert")] == ["canary_underpowered"]
     s = d.apply(s, "canary", at(3))
     assert schedules(s, f"{cid}.deadline")[0]["at"] == at(63)
+
+
+def test_the_plans_mde_reaches_the_optimizer(monkeypatch):
+    """The canary is planned before the proposal; the optimizer gets the score's MDE."""
+    import vvtv_autopilot.statemachine.bounds_keeper as bk
+    seen = []
+    real = bk.propose
+
+    def spy(**kw):
+        seen.append(kw.get("min_detectable_gain"))
+        return real(**kw)
+
+    monkeypatch.setattr(bk, "propose", spy)
+    d = driver()
+    start(d)
+    plan = d.ap.cycle.data.canary_plan
+    assert len(seen) == 1 and plan is not None
+    assert seen[0] is not None and seen[0] == plan["power"]["score_mde"]
+    assert 0.0 < seen[0] < 0.5
+    seen.clear()
+    d2 = driver(optimizer_step_sizing="none")   # the step as before: no MDE
+    start(d2)
+    assert seen == [None]

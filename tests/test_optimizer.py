@@ -209,3 +209,75 @@ def test_a_planned_measurement_shrinks_the_guardrail_uncertainty_it_informs():
         assert new.shape == (16, 16) and np.all(new <= sd[None, :] + 1e-12)
     own = np.diag(gp.shrunk_sd(X, c, X, c, sd_c))
     assert np.allclose(own ** 2, sd_c ** 2 - sd_c ** 4 / (sd_c ** 2 + 1e-4), atol=1e-10)
+
+
+# --- sizing the step for the canary (issue #9, item 4) ----------------------------------------------
+
+
+def _linear_history(bounds, slope=0.2, n=6, seed=4):
+    """Outcomes on a surface where engagement rises linearly along diversity (normalized units),
+    error_rate flat: the model predicts more gain for larger steps up in diversity."""
+    rng = np.random.default_rng(seed)
+    d, b = "selection.diversity_weight", "curator.budget"
+    span = SPECS[d].max - SPECS[d].min
+    out = []
+    for _ in range(n):
+        base = {k: float(rng.uniform(x.min_value, x.max_value)) for k, x in bounds.items()}
+        new = {k: float(rng.uniform(x.min_value, x.max_value)) for k, x in bounds.items()}
+        lift = slope * (new[d] - base[d]) / span + float(rng.normal(0, 0.002))
+        out.append(CycleOutcome(new, base, {"engagement": lift, "error_rate": float(rng.normal(0, 0.002))},
+                                {"engagement": 0.002, "error_rate": 0.002}, "rolled_back"))
+    return out
+
+
+def test_with_an_mde_the_gp_proposes_a_safe_candidate_whose_predicted_gain_reaches_it():
+    start = {"selection.diversity_weight": 0.3, "curator.budget": 40.0}
+    bounds = make_bounds(start, 0.3)
+    history = _linear_history(bounds)
+    prop = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
+                   min_detectable_gain=0.02)
+    assert prop.method == "gp" and prop.changes
+    assert prop.expected_impact.objective_delta >= 0.02          # predicted score >= the MDE
+    assert "reach the canary's MDE of 2 %" in prop.reason
+    for change in prop.changes:
+        ok, reason = validate_change(bounds[change.parameter_name], change.new_value)
+        assert ok, reason
+    # without the MDE, the optimizer may take a smaller step than the canary can see
+    plain = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start)
+    assert plain.changes
+
+
+def test_with_an_mde_no_safe_candidate_reaching_it_means_no_change_with_the_reason():
+    start = {"selection.diversity_weight": 0.3, "curator.budget": 40.0}
+    bounds = make_bounds(start, 0.3)
+    history = _linear_history(bounds)
+    prop = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
+                   min_detectable_gain=0.5)
+    assert prop.changes == [] and prop.method == "none"
+    assert "the best safe candidate predicts +" in prop.reason
+    assert "below the canary's MDE of 50 %" in prop.reason and "no canary could confirm it" in prop.reason
+
+
+def test_with_an_mde_exploration_goes_most_of_the_way_to_the_range_edge():
+    start = {"selection.diversity_weight": 0.3, "curator.budget": 40.0}
+    bounds = make_bounds(start, 0.1)
+    prop = propose(analysis={}, history=[], bounds=bounds, kpis=KPIS, seed=3, current=start, min_detectable_gain=0.02)
+    (change,) = prop.changes
+    lo, hi = bounds[change.parameter_name].min_value, bounds[change.parameter_name].max_value
+    room = hi - change.old_value if change.new_value > change.old_value else change.old_value - lo
+    assert abs(change.new_value - change.old_value) == pytest.approx(0.9 * room, rel=1e-3)
+    assert lo < change.new_value < hi                             # never onto the edge
+    small = propose(analysis={}, history=[], bounds=bounds, kpis=KPIS, seed=3, current=start)
+    assert abs(small.changes[0].new_value - small.changes[0].old_value) < abs(change.new_value - change.old_value)
+
+
+def test_after_idle_cycles_a_candidate_whose_upper_bound_reaches_the_mde_is_tried():
+    start = {"selection.diversity_weight": 0.3, "curator.budget": 40.0}
+    bounds = make_bounds(start, 0.3)
+    history = _linear_history(bounds, slope=0.03)
+    none = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
+                   min_detectable_gain=0.012)
+    assert none.changes == [] and "below the canary's MDE" in none.reason
+    tried = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
+                    min_detectable_gain=0.012, idle_cycles=OptimizerSettings().idle_patience)
+    assert tried.changes and "cycles without a canary" in tried.reason
