@@ -16,6 +16,7 @@ import msgspec
 from ..handlers.golden import GoldenSet
 from ..schemas.config import Config
 from ..schemas.errors import ReplayMismatch
+from ..schemas.messages import parse_time
 from ..schemas.events import (ApplyResult, Effect, GoldenResult, Inbound, RecordedCycle, TimerEvent,
                               TransitionRecord)
 from .autopilot import Autopilot, AutopilotState
@@ -129,12 +130,14 @@ def what_if(rec: RecordedCycle, config: Config) -> WhatIf:
 
     def due(until: str | None) -> Inbound | None:
         """The earliest synthesized timer or reply at or before ``until`` (None: any)."""
-        candidates = [(at, o, ib, "timer", name) for name, (at, o, ib) in pending.items()]
-        candidates += [(at, o, ib, "reply", None) for at, o, ib in answers]
-        candidates = [c for c in candidates if until is None or c[0] <= until]
+        # RFC 3339 strings with and without fractions do not sort as text: compare times
+        candidates = [(parse_time(at), o, at, ib, "timer", name) for name, (at, o, ib) in pending.items()]
+        candidates += [(parse_time(at), o, at, ib, "reply", None) for at, o, ib in answers]
+        limit = None if until is None else parse_time(until)
+        candidates = [c for c in candidates if limit is None or c[0] <= limit]
         if not candidates:
             return None
-        at, o, ib, kind, name = min(candidates, key=lambda c: (c[0], c[1]))
+        _, o, at, ib, kind, name = min(candidates, key=lambda c: (c[0], c[1]))
         if kind == "timer":
             del pending[name]
         else:
@@ -201,7 +204,7 @@ def _answer(effect: Effect, replies: dict[str, Inbound], now: str, order: int,
     purpose = "golden" if effect.kind == "golden" else effect.body.get("purpose", "")
     recorded = replies.get(purpose)
     cycle_id = effect.body["request"]["cycle_id"]
-    at = max(recorded.at, now) if recorded is not None else now
+    at = max(recorded.at, now, key=parse_time) if recorded is not None else now
     if isinstance(recorded, Inbound) and isinstance(recorded.event, GoldenResult):
         event: ApplyResult | GoldenResult = msgspec.structs.replace(recorded.event, effect_id=effect.effect_id)
     elif isinstance(recorded, Inbound) and isinstance(recorded.event, ApplyResult):

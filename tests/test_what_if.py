@@ -12,8 +12,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from sim_harness import SimWorld
+from sim_harness import SimWorld, sim_config
 from vvtv_autopilot.schemas.errors import RecordingError
+from vvtv_autopilot.schemas.messages import parse_time
 from vvtv_autopilot.schemas.events import (MetricStats, RecordedCycle, decode_recorded_cycle,
                                            encode_recorded_cycle)
 from vvtv_autopilot.statemachine.replay import compare, replay_recorded, summarize_what_ifs, what_if
@@ -21,13 +22,16 @@ from vvtv_autopilot.statemachine.replay import compare, replay_recorded, summari
 
 @pytest.fixture(scope="module")
 def world() -> SimWorld:
-    w = SimWorld(seed=11)
+    # the optimizer's small steps (no canary-MDE sizing) give a record with many canaries,
+    # some proceeding on thin evidence: what a what-if is for
+    w = SimWorld(seed=11, config=sim_config(autopilot={"optimizer_step_sizing": "none"}))
     w.run_days(12)
     return w
 
 
 def record(w: SimWorld, c) -> RecordedCycle:
-    end = next((i for i in range(len(w.fed)) if i >= c.fed_index and w.fed[i].at > c.transitions[-1].at), len(w.fed))
+    last = parse_time(c.transitions[-1].at)   # RFC 3339 texts with and without fractions do not sort as text
+    end = next((i for i in range(c.fed_index, len(w.fed)) if parse_time(w.fed[i].at) > last), len(w.fed))
     return RecordedCycle(cycle_id=c.cycle_id, config=w.config.model_dump_json(), state_before=c.state_before.decode(),
                          golden=msgspec.json.encode(w.golden).decode() if w.golden is not None else None,
                          inbounds=list(w.fed[c.fed_index:end + 1]), transitions=list(c.transitions))
@@ -80,17 +84,19 @@ def test_a_stricter_confidence_turns_a_recorded_proceed_into_a_rollback_where_th
     strict = world.config.model_copy(update={"autopilot": world.config.autopilot.model_copy(
         update={"statistical_confidence_threshold": 0.9999})})
     deployed = [c for c in world.cycles.values() if c.outcome == "Deployed"]
-    judged = [(c, next(t for t in c.transitions if t.trigger == "judge").detail["decision"]) for c in deployed]
-    # at 0.9999 a proceed needs the improvement AND every non-inferiority p below 1e-4
-    weak = [c for c, d in judged
-            if d["p_improvement"] > 1e-4 or any((k.get("p_noninferior") or 1.0) > 1e-4 for k in d["kpis"])]
-    assert weak, judged
-    for c in weak:
-        r = what_if(record(world, c), strict)
-        assert r.recorded_outcome == "Deployed" and r.outcome == "RolledBack", (c.cycle_id, r.differences)
-        first = r.differences[0]
-        assert first.recorded["trigger"] == "judge" and first.what_if["to"] == "Gated"
-        assert first.recorded["recommendation"] == "proceed" and first.what_if["recommendation"] != "proceed"
-    summary = summarize_what_ifs([what_if(record(world, c), strict) for c in deployed])
-    assert summary["changed"].get("Deployed -> RolledBack") == len(weak)
-    assert f"{len(weak)} of {len(deployed)} Deployed cycles would have ended RolledBack" in summary["summary"]
+    results = [what_if(record(world, c), strict) for c in deployed]
+    flipped = [r for r in results if r.outcome == "RolledBack"]
+    assert flipped, [(r.cycle_id, r.outcome) for r in results]
+    for r in results:
+        judged = [t for t in r.transitions if t.trigger == "judge"][-1].detail
+        numbers = judged["decision"]
+        evidence = max([numbers["p_improvement"]] + [k["p_noninferior"] for k in numbers["kpis"]])
+        if r.outcome == "Deployed":   # every test passed the stricter bar
+            assert judged["recommendation"] == "proceed" and evidence <= 1e-4, (r.cycle_id, numbers)
+        else:                         # the stricter bar is what stopped it: the recorded decision was proceed
+            assert r.outcome == "RolledBack" and judged["recommendation"] != "proceed" and evidence > 1e-4
+            first = next(d for d in r.differences if d.recorded and d.recorded["trigger"] == "judge")
+            assert first.recorded["recommendation"] == "proceed" and first.what_if["recommendation"] != "proceed"
+    summary = summarize_what_ifs(results)
+    assert summary["changed"] == {"Deployed -> RolledBack": len(flipped)}
+    assert f"{len(flipped)} of {len(deployed)} Deployed cycles would have ended RolledBack" in summary["summary"]
