@@ -205,7 +205,7 @@ async def test_sigkill_between_commit_and_send_then_restart_files_exactly_one_is
             return status and status["state"] == "Idle" and (status.get("last_cycle") or {}).get("cycle_id") == cycle_id
 
         await wait_for(idle, what="the failed cycle to end")
-        msg = await nc.request("vvtv.autopilot.ctl.triage", json.dumps({"actor": "test"}).encode(), timeout=WAIT)
+        msg = await nc.request("vvtv.autopilot.ctl.triage", json.dumps({"actor": "test", "run": True}).encode(), timeout=WAIT)
         report_id = json.loads(msg.data)["report_id"]
         await wait_for(lambda: killed, what=f"the service to reach GitHub's {kill_at} and be killed")
         assert proc.wait(timeout=30) == -signal.SIGKILL
