@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,7 +180,8 @@ async def watch(config: Config, *, interval: float = 1.0, follow: bool = False, 
 
     await nc.subscribe(f"{prefix}.evt.transition", cb=on_transition)
     await nc.subscribe(f"{prefix}.evt.cycle", cb=on_cycle)
-    console = Console(record=record is not None)
+    # A terminal: its own width; a pipe or a file: wide enough for the KPI table.
+    console = Console(record=record is not None, width=None if sys.stdout.isatty() else 150)
     started = time.monotonic()
     code = 0
     try:
