@@ -45,7 +45,7 @@ async def run_read(config: Config, args: argparse.Namespace, ask: Ask) -> int:
         if not store_path.exists():
             raise BusError(f"{unreachable}; and no store at {store_path} to read instead "
                            "(pass --data-dir of the service's data folder, or reach its bus)") from None
-        print(f"(no running service answered ({unreachable}); read from the store at {store_path})", file=sys.stderr)
+        print(f"(no running service answered; read from the store at {store_path})", file=sys.stderr)
         async with await Store.open(store_path) as store:
             hist = ParameterHistory(Path(config.storage.data_dir) / "history", config.card_path)
             try:

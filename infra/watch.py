@@ -11,6 +11,7 @@ keeps watching the next ones); ``--record FILE`` writes the last screen as text.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 import time
@@ -54,6 +55,7 @@ class View:
         self.ended: dict[str, Any] | None = None
         self.note = "waiting for the service..."
         self.gate: dict[str, Any] = {}
+        self.backfilled: str | None = None
 
     def on_status(self, s: dict[str, Any]) -> None:
         self.status = s
@@ -80,12 +82,19 @@ class View:
             if decision:
                 self.gate = decision | {"final_decision": True}
 
+    def backfill(self, timeline: list[dict[str, Any]]) -> None:
+        """Transitions before the watch started, from the cycle's report (``ctl.report``)."""
+        for t in timeline:
+            if all(x.get("seq") != t.get("seq") for x in self.transitions):
+                self.transitions.append(t)
+        self.transitions.sort(key=lambda x: x.get("seq", 0))
+
     def on_cycle(self, c: dict[str, Any]) -> None:
         if c.get("cycle_id") == self.cycle_id:
             self.ended = c
 
     def reset(self) -> None:
-        self.cycle_id, self.transitions, self.ended, self.gate = None, [], None, {}
+        self.cycle_id, self.transitions, self.ended, self.gate, self.backfilled = None, [], None, {}, None
 
     # --- rendering --------------------------------------------------------------------------
 
@@ -140,7 +149,7 @@ class View:
             tl.add_column(justify="right"); tl.add_column(); tl.add_column()
             for x in self.transitions[-10:]:
                 tl.add_row(str(x.get("seq")), f"{x.get('from')} -> {x.get('to')}",
-                           transition_reason(x.get("to", ""), x.get("trigger", ""), x.get("detail")))
+                           x.get("reason") or transition_reason(x.get("to", ""), x.get("trigger", ""), x.get("detail")))
             parts.append(tl)
         if self.ended:
             e = self.ended
@@ -181,7 +190,7 @@ async def watch(config: Config, *, interval: float = 1.0, follow: bool = False, 
     await nc.subscribe(f"{prefix}.evt.transition", cb=on_transition)
     await nc.subscribe(f"{prefix}.evt.cycle", cb=on_cycle)
     # A terminal: its own width; a pipe or a file: wide enough for the KPI table.
-    console = Console(record=record is not None, width=None if sys.stdout.isatty() else 150)
+    console = Console(width=None if sys.stdout.isatty() else 150)
     started = time.monotonic()
     code = 0
     try:
@@ -192,6 +201,14 @@ async def watch(config: Config, *, interval: float = 1.0, follow: bool = False, 
                     view.on_status(json.loads(msg.data))
                 except Exception as exc:  # noqa: BLE001 - shown, and retried at the next tick
                     view.note = f"status: no answer ({type(exc).__name__}); retrying"
+                if view.cycle_id is not None and view.backfilled != view.cycle_id:
+                    view.backfilled = view.cycle_id
+                    try:  # what happened before the watch started
+                        msg = await nc.request(f"{prefix}.ctl.report", json.dumps({"cycle_id": view.cycle_id}).encode(),
+                                               timeout=timeout)
+                        view.backfill((json.loads(msg.data).get("data") or {}).get("timeline") or [])
+                    except Exception:  # noqa: BLE001 - a view only: the events still come
+                        pass
                 done = view.ended is not None or (
                     view.cycle_id is not None and view.status.get("cycle_id") != view.cycle_id
                     and (view.status.get("last_cycle") or {}).get("cycle_id") == view.cycle_id)
@@ -216,6 +233,8 @@ async def watch(config: Config, *, interval: float = 1.0, follow: bool = False, 
                     pass
     finally:
         await nc.close()
-        if record is not None:
-            record.write_text(console.export_text())
+        if record is not None:  # the last screen only, as text
+            last = Console(record=True, width=console.width, file=io.StringIO())
+            last.print(view.render())
+            record.write_text(last.export_text())
     return code
