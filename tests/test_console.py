@@ -200,7 +200,13 @@ async def test_a_refused_or_unanswered_override_leaves_card_history_and_reply_co
 
         # no answer: the reply says so after the timeout; the card is sent again so a late apply is undone
         sub, seen = await _vvtv_apply(client, lambda req: None)
-        code, out, err = await _cli("override", P, "0.3", "--actor", "alice", "--nats-url", nats_server.url)
+        asking = asyncio.create_task(_cli("override", P, "0.3", "--actor", "alice", "--nats-url", nats_server.url))
+
+        async def waiting() -> bool:  # status answers meanwhile, and shows what waits
+            return (await ctl(client, "status", {}))["pending_live"] is not None
+
+        await wait_for(waiting, what="status to show the override waiting for VVTV")
+        code, out, err = await asking
         assert code == EXIT_REFUSED and "no answer from VVTV (no reply within 2" in out, (out, err)
         await unchanged(out)
         restore = await wait_for(lambda: [r for r in seen if r["version_id"] == vid], what="the live card sent again")
