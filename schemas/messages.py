@@ -18,6 +18,8 @@ from .errors import MessageError
 
 KpiName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 VersionId = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+# Extension: a rollback accepts a unique prefix (4 to 40 hex digits, git's habit) of a stored id.
+VersionIdOrPrefix = Annotated[str, Meta(pattern=r"^([0-9a-f]{4,40}|[0-9a-f]{64})$")]
 ParameterName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=256)]
 Actor = Annotated[str, Meta(min_length=1, max_length=256)]
 Reason = Annotated[str, Meta(max_length=1024)]
@@ -122,7 +124,7 @@ class BoundsOverrideCmd(_Command, frozen=True, kw_only=True):
 
 
 class RollbackCmd(_Command, frozen=True, kw_only=True):
-    version_id: VersionId
+    version_id: VersionIdOrPrefix
 
 
 class ProposeCmd(_Command, frozen=True, kw_only=True):
@@ -135,7 +137,10 @@ class ProposeCmd(_Command, frozen=True, kw_only=True):
 
 
 class TriageCmd(_Command, frozen=True, kw_only=True):
-    """Extension: run the incident triage now (it also runs weekly)."""
+    """Extension: run the incident triage now (it also runs weekly). On ``ctl.triage`` a body
+    without ``run: true`` is a read of the reports (contract v1.1 §7); ``cmd.triage`` always runs."""
+
+    run: bool = True
 
 
 class PromoteCmd(_Command, frozen=True, kw_only=True):
