@@ -323,9 +323,11 @@ def plan_canary(
     # reason to skip or lengthen a canary: a new installation would otherwise never run one.
     weak = [g for g in rep.guardrails if not g.powered and g.power is not None]
     if not weak:
-        return CanaryPlan(True, float(duration_minutes), float(duration_minutes), "run",
-                          "every guardrail's non-inferiority test has at least "
-                          f"{100 * rep.target_power:.0f} % power", rep)
+        unknown = [g.kpi for g in rep.guardrails if g.power is None]
+        reason = (f"every guardrail's non-inferiority test has at least {100 * rep.target_power:.0f} % power"
+                  if not unknown else
+                  f"the power of {', '.join(unknown)} cannot be predicted yet (no live data); run as planned")
+        return CanaryPlan(True, float(duration_minutes), float(duration_minutes), "run", reason, rep)
     desc = ", ".join(f"{g.kpi} ({'unknown' if g.power is None else f'{100 * g.power:.0f} %'})" for g in weak)
     if underpowered_action == "skip":
         return CanaryPlan(False, float(duration_minutes), float(duration_minutes), "skip",

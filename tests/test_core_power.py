@@ -94,3 +94,12 @@ def test_the_plans_mde_reaches_the_optimizer(monkeypatch):
     d2 = driver(optimizer_step_sizing="none")   # the step as before: no MDE
     start(d2)
     assert seen == [None]
+
+
+def test_without_live_data_the_plan_says_the_power_cannot_be_predicted_and_runs():
+    d = Driver(parse_config({"autopilot": {"underpowered_action": "skip"}, "kpis": KPIS}))
+    d.boot(at(0), CARD)
+    cid, s = start(d)
+    plan = s.transitions[0].detail["canary_plan"]
+    assert plan["run"] is True and "error_rate cannot be predicted yet (no live data)" in plan["reason"]
+    assert not publishes(s, "autopilot.evt.alert"), "no alert for what nobody can know yet"
