@@ -331,6 +331,10 @@ class Replication:
         if previous is not None and previous.leader != self.instance:
             await self._repair_card()
         await svc._lead(epoch)
+        if self.snapshot_every and self._snapshot_seq == 0 and (self._snapshot_task is None or self._snapshot_task.done()):
+            # No snapshot yet (a new deployment, or a store older than the journal): one now, so a
+            # replica that joins later gets everything this store holds, not only the journal.
+            self._snapshot_task = asyncio.create_task(self._snapshot(), name="snapshot")
         self.last_takeover = {"epoch": epoch, "at": utcnow(), "journal_seq": seq,
                               "seconds": round(time.monotonic() - started, 3),
                               "previous": None if previous is None else previous.leader}

@@ -105,9 +105,9 @@ class Service:
         await self.ha.prepare()   # a new or far-behind replica starts from the latest snapshot
         self.store = await Store.open(self.data_dir / "autopilot.db")
         await self._reload_core()
+        await self.ha.start()     # leader (Boot stepped) or a standby behind one: only then answer ctl
         await self.nc.subscribe(self.subjects.ctl(), cb=self._on_ctl)
         await busmod.barrier(self.nc)  # start() returned => control requests find their responder
-        await self.ha.start()
         log.info("autopilot up on %s as %s (%s), data in %s", busmod.redact(self.nats_url), self.ha.instance,
                  self.ha.status()["role"], self.data_dir)
 

@@ -24,7 +24,7 @@ import pytest
 from conftest import WAIT, make_config, wait_for
 from vvtv_autopilot.infra.cluster import NatsCluster, stream_replicas_current
 from vvtv_autopilot.infra.journal import Journal, LeaderEntry, StepsEntry, decode_entry
-from vvtv_autopilot.infra.leader import Lease
+from vvtv_autopilot.infra.leader import Lease, Replication
 from vvtv_autopilot.infra.natsserver import EmbeddedNats
 from vvtv_autopilot.infra.service import Service
 from vvtv_autopilot.infra.simulator import SimulatedVVTV
@@ -241,6 +241,20 @@ async def test_the_lease_has_one_holder_expires_and_the_journal_fences_a_deposed
         await nc.close()
 
 
+def test_a_standby_is_silent_while_a_leader_holds_the_lease_and_refuses_when_none_does(tmp_path):
+    config = parse_config({"bus": _bus("unit", None, replicas=1), "storage": {"data_dir": str(tmp_path)}})
+    service = Service(config)
+    ha = Replication(service)
+    ha.lease.holder, ha.lease.holder_seen = "other-replica", time.monotonic()
+    assert ha.standby_reply("Canary") is None and ha.status()["leader"] == "other-replica"
+    ha.lease.holder_seen = time.monotonic() - (TTL + RENEW + 1)      # not seen for longer than a lease lives
+    refusal = ha.standby_reply("Canary")
+    assert refusal["ok"] is False and refusal["leader"] is None and "no leader" in refusal["error"]
+    ha.lease.holder, ha.lease.holder_seen = ha.instance, time.monotonic()
+    assert "taking over" in ha.standby_reply("Idle")["error"]
+    assert ha.status()["role"] == "standby"
+
+
 # --- two replicas on one single server ------------------------------------------------------------
 
 async def test_two_replicas_on_one_server_run_one_cycle_without_splitting_events(tmp_path):
@@ -349,6 +363,13 @@ async def test_sigkill_of_the_leader_mid_canary_the_standby_takes_over_and_finis
         took = time.monotonic() - killed_at
         assert new["instance"] == survivor.instance and new["epoch"] > before["epoch"]
         assert took < TTL + 10, f"takeover took {took:.1f}s"
+
+        async def judged():   # the canary is judged again soon after the takeover, not after an ack_wait
+            s = await leader_of(nc, prefix, 1)
+            look = s and s["replication"]["last_gate_look"]
+            return look and look["epoch"] == new["epoch"] and look["cycle_id"] == cycle_id
+
+        await wait_for(judged, timeout=10, what="the new leader to judge the canary within 10 s")
         ended = await wait_for(lambda: _ended(nc, prefix, cycle_id), what="the cycle to end after the takeover")
         assert ended["last_cycle"]["outcome"] in ("Deployed", "RolledBack")
         # VVTV: one canary apply; at most one live apply per effect id; later requests carry the new epoch
