@@ -206,6 +206,8 @@ async def _main(args: argparse.Namespace) -> int:
         text = f"state: {reply.get('state')}  cycle: {reply.get('cycle_id') or '-'}  card: {(reply.get('card_version') or '')[:12]}"
         if reply.get("paused"):
             text += f"\npaused until {reply.get('paused_until') or 'resume'} by {reply.get('paused_by')}"
+        if reply.get("role"):  # high availability (README, "Deployment: replicas")
+            text += f"\nrole: {reply['role']} ({reply.get('instance')}); leader: {reply.get('leader') or 'none'}, epoch {reply.get('epoch')}"
     else:
         text = ("ok" if reply.get("ok") else f"refused: {reply.get('error')}") + f"  (state {reply.get('state')}, cycle {reply.get('cycle_id') or '-'})"
     _print(args, reply, text)
