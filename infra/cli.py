@@ -329,6 +329,9 @@ async def _main(args: argparse.Namespace) -> int:
         from .review import status_text
 
         text = status_text(reply)
+        if reply.get("role"):  # high availability (README, "Deployment: replicas")
+            text += (f"\nrole: {reply['role']} ({reply.get('instance')}); leader: {reply.get('leader') or 'none'}, "
+                     f"epoch {reply.get('epoch')}")
     else:
         text = _reply_text(args.command, reply)
     _print(args, reply, text)

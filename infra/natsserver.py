@@ -30,9 +30,10 @@ def nats_server_binary() -> str:
 
 
 class EmbeddedNats:
-    def __init__(self, store_dir: Path, port: int = -1):
+    def __init__(self, store_dir: Path, port: int = -1, extra_args: list[str] | None = None):
         self.store_dir = Path(store_dir)
         self.port = port
+        self.extra_args = list(extra_args or [])   # e.g. a cluster node's --server_name, --cluster, --routes
         self.url: str | None = None
         self._proc: subprocess.Popen | None = None
         self.log_path = self.store_dir / "nats-server.log"
@@ -41,7 +42,8 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self._proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir),
+             *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         log.close()
@@ -58,6 +60,17 @@ class EmbeddedNats:
             await asyncio.sleep(0.05)
         self.stop()
         raise BusError(f"nats-server did not become ready within {timeout}s (log: {self.log_path})")
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -53,6 +53,10 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._inflight: set[str] = set()
         self.requests: set[asyncio.Task] = set()   # apply/golden requests awaiting VVTV
+        # High availability (README, "Deployment: replicas"): the leader's epoch goes into
+        # every apply request, and marking effects sent is journaled by the leader.
+        self.epoch: int | None = None
+        self.mark_sent: Callable[[list[str], str], Awaitable[None]] | None = None   # default: the store's
 
     def wake(self) -> None:
         self._wake.set()
@@ -109,7 +113,7 @@ class OutboxRelay:
                 self.requests.add(task)
                 task.add_done_callback(self.requests.discard)
         if done:
-            await self.store.mark_sent(done, utcnow())
+            await (self.mark_sent or self.store.mark_sent)(done, utcnow())
 
     async def _request(self, effect: Effect) -> None:
         """A request to VVTV; its reply (or its absence) comes back as an event."""
@@ -181,6 +185,8 @@ class OutboxRelay:
 
     async def _apply(self, effect: Effect) -> ApplyResult:
         req = effect.body["request"]
+        if self.epoch is not None:  # contract v1.1: VVTV may ignore an older leader's request
+            req = {**req, "epoch": self.epoch}
         timeout = self.config.autopilot.apply_timeout_seconds
         try:
             reply = await self._ask(self.subjects.apply(), req, timeout)

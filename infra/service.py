@@ -25,7 +25,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from ..handlers.card import version_id
 from ..handlers.golden import GoldenSet, builtin_golden_set, parse_golden_set
 from ..schemas.config import Config
-from ..schemas.errors import ConfigError, HistoryError, MessageError, ReadRefused
+from ..schemas.errors import ConfigError, HistoryError, MessageError, NotLeader, ReadRefused
 from ..schemas.events import Boot, CommandEvent, Inbound, MetricStats, TimerEvent
 from ..schemas.messages import DeadLetter, encode, rfc3339
 from ..statemachine import Autopilot, AutopilotState, CycleData
@@ -37,6 +37,7 @@ from .cardfile import CardFile
 from .clock import now, utcnow
 from .relay import OutboxRelay
 from .inbound import alert_inbound, command_event, excerpt, metric_inbound
+from .leader import Replication
 from .natsserver import EmbeddedNats
 from .store import CycleStart, Store
 from .telemetry import Telemetry
@@ -95,28 +96,51 @@ class Service:
         self.dead_letters = DeadLetterLog()
         self.listeners += [StoryLog().on_step, self.pending_replies.on_step]
         self._waiting: set[asyncio.Task] = set()   # replies waiting for VVTV's answer
+        self.ha: Replication | None = None       # leader or standby (README, "Deployment: replicas")
+        self._subs: list = []                    # the leader's consumers
 
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Returns once this replica leads (timers armed, its Boot stepped) or stands by
+        behind another leader, tailing the journal (README, "Deployment: replicas")."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = await Store.open(self.data_dir / "autopilot.db")
-        await self._reload_core()
         if self.nats_url is None:
             self.embedded = EmbeddedNats(self.data_dir / "nats")
             self.nats_url = await self.embedded.start()
         self.nc = await busmod.connect(self.nats_url, inbox_prefix=self.config.bus.inbox_prefix)
         self.js = self.nc.jetstream(timeout=self.config.bus.request_timeout_seconds)
         await busmod.ensure_streams(self.js, self.config)
-        subs = await busmod.ensure_consumers(self.js, self.config)
-        await busmod.subscribe_metrics(self.js, self.config, self._on_metric)
+        self.ha = Replication(self)
+        self.instance_id = self.ha.instance   # one identity for discovery, status and the lease
+        await self.ha.prepare()   # a new or far-behind replica starts from the latest snapshot
+        self.store = await Store.open(self.data_dir / "autopilot.db")
+        await self._reload_core()
+        await self.ha.start()     # leader (Boot stepped) or a standby behind one: only then answer ctl
         await self.nc.subscribe(self.subjects.ctl(), cb=self._on_ctl)
         await busmod.barrier(self.nc)  # start() returned => control requests find their responder
+        self.started_at = utcnow()
+        discovery.write(self.data_dir, url=self.nats_url, embedded=self.embedded is not None,
+                        instance_id=self.instance_id, started_at=self.started_at, prefix=self.config.bus.prefix)
+        log.info("autopilot up on %s as %s (%s), data in %s (pid %d; the CLI finds it with --data-dir %s)",
+                 busmod.redact(self.nats_url), self.instance_id, self.ha.status()["role"], self.data_dir, os.getpid(),
+                 self.data_dir)
+
+    # --- leader only (called by self.ha) ----------------------------------------------------------
+
+    async def _lead(self, epoch: int) -> None:
+        """This replica has just become the leader at ``epoch``: consume, relay, act."""
+        subs = await busmod.ensure_consumers(self.js, self.config)
+        self._metrics.clear()
+        metrics = await busmod.subscribe_metrics(self.js, self.config, self._on_metric, deliver_token=self.ha.instance)
+        self._subs = [metrics, *subs.values()]
         self.relay = OutboxRelay(self.config, self.store, self.nc, self.js, self.card, self._process, self._stopping)
-        await self.relay.run_once()  # unsent effects of the previous run first (e.g. a card write)
+        self.relay.epoch, self.relay.mark_sent = epoch, self.ha.mark_sent
+        await self.relay.run_once()  # unsent effects of the previous leader first (e.g. a card write)
         card = self.card.load_or_init(self.config)
         await self._process([Inbound(key=f"boot:{uuid.uuid4().hex}", subject="boot", at=utcnow(),
                                      event=Boot(card=card, card_version=version_id(card)))])
+        await self.ha.resume_canary()
         self._tasks = [
             asyncio.create_task(self._ingest_metrics(), name="metrics"),
             asyncio.create_task(self._pull(subs["autopilot-alerts"], "alerts"), name="alerts"),
@@ -124,26 +148,37 @@ class Service:
             asyncio.create_task(self._pull(subs["autopilot-timers"], "timers"), name="timers"),
             asyncio.create_task(self.relay.run(), name="relay"),
         ]
-        self.started_at = utcnow()
-        discovery.write(self.data_dir, url=self.nats_url, embedded=self.embedded is not None,
-                        instance_id=self.instance_id, started_at=self.started_at, prefix=self.config.bus.prefix)
-        log.info("autopilot up on %s, data in %s (instance %s, pid %d; the CLI finds it with --data-dir %s)",
-                 busmod.redact(self.nats_url), self.data_dir, self.instance_id, os.getpid(), self.data_dir)
+
+    async def _unlead(self, *, reload: bool = True) -> None:
+        """Stop acting: consumers, relay and requests; the core goes back to the store's state."""
+        tasks = self._tasks + (list(self.relay.requests) if self.relay else [])
+        for task in tasks:
+            task.cancel()
+        # Bounded waits: a stop must never hang on a task that does not answer.
+        _, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
+        for task in pending:
+            log.warning("task %s did not stop within 10 s", task.get_name())
+        self._tasks = []
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        self._subs = []
+        self._metrics.clear()
+        if reload:
+            async with self._lock:
+                await self._reload_core()
 
     async def stop(self) -> None:
         self._stopping.set()
         discovery.remove(self.data_dir, self.instance_id)
         self.dead_letters.flush()
-        if self.relay is not None and self.nc is not None and self.nc.is_connected:
-            try:  # a graceful stop publishes what is committed (a crash leaves it to the next start)
-                await asyncio.wait_for(self.relay.publish_pending(), timeout=5)
-            except Exception as exc:
-                log.warning("outbox not flushed at stop: %r (sent at the next start)", exc)
+        if self.ha is not None:
+            await self.ha.stop()  # the leader flushes its outbox, stops acting and releases its lease
         tasks = self._tasks + (list(self.relay.requests) if self.relay else [])
         for task in tasks:
             task.cancel()
-        # Bounded waits: a stop must never hang on a task or a connection that
-        # does not answer (a test suite's teardown, a SIGTERM'd service).
         _, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
         for task in pending:
             log.warning("task %s did not stop within 10 s", task.get_name())
@@ -258,6 +293,12 @@ class Service:
 
     async def _on_ctl(self, msg) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
+        if verb != "status" and self.ha is not None and not self.ha.is_leader:
+            # A standby: silent while a leader answers (the first reply wins), else a clear refusal.
+            refusal = self.ha.standby_reply(self.core.mode(now()) if self.core else "Unknown")
+            if refusal is not None and msg.reply:
+                await msg.respond(_enc.encode(refusal))
+            return
         try:
             if reads.is_read(verb, msg.data):  # history, bounds, report, triage, replay: beside the loop
                 reply = await reads.answer(self, verb, msg.data)
@@ -266,6 +307,8 @@ class Service:
                 reply = self.core.status(now())
                 reply["counters"] = await self.store.counters()
                 reply.update(reads.status_extras(self))
+                if self.ha is not None:
+                    reply.update(self.ha.status())
             else:
                 event = command_event(verb, msg.data, "ctl")
                 inbound = Inbound(key=f"ctl:{uuid.uuid4().hex}", subject=msg.subject, at=utcnow(), event=event)
@@ -276,6 +319,9 @@ class Service:
                     self._waiting.add(task)                                        # callback, so other
                     task.add_done_callback(self._waiting.discard)                  # requests go on
                     return
+        except NotLeader as exc:  # leadership lost on the way: nobody else carried it out
+            reply = {"ok": False, "error": f"not carried out: {exc}; retry", "state": "Unknown", "cycle_id": None,
+                     "role": "standby", "leader": exc.leader}
         except MessageError as exc:
             await self.store.add_counter("refused_requests")
             state = self.core.mode(now()) if self.core else "Unknown"
@@ -328,6 +374,8 @@ class Service:
         from the last committed state, and only the offending event is
         dead-lettered: one bad event never takes the others down with it."""
         async with self._lock:
+            if self.ha is not None:
+                self.ha.check_leader()  # NotLeader: a standby changes nothing
             try:
                 steps = await self._step_and_commit(inbounds)
             except _CoreFailure:
@@ -349,7 +397,9 @@ class Service:
                     await result
         return steps
 
-    async def _step_and_commit(self, inbounds: list[Inbound]) -> list[Step]:
+    async def _step_and_commit(self, inbounds: list[Inbound], *, journal_seq: int | None = None) -> list[Step]:
+        """``journal_seq``: a standby replaying that journal entry (the leader's events as
+        its core saw them); otherwise the leader journals the steps before committing."""
         core = self.core
         seen = await self.store.seen(ib.key for ib in inbounds)
         steps: list[Step] = []
@@ -361,7 +411,8 @@ class Service:
                 duplicates += 1
                 continue
             seen.add(ib.key)
-            if isinstance(ib.event, CommandEvent) and ib.event.verb == "rollback" and "verified" not in ib.event.body:
+            if (journal_seq is None and isinstance(ib.event, CommandEvent) and ib.event.verb == "rollback"
+                    and "verified" not in ib.event.body):
                 ib = await self._prepare_rollback(ib)
             # The state before any non-metric event is kept in case it starts a
             # cycle: replay of that cycle starts from it.
@@ -383,8 +434,23 @@ class Service:
             steps.append(step)
         if steps:
             state = _enc.encode(core.state)
-            await self.store.commit(steps, state=state, active_cycle_id=core.state.active_cycle_id,
-                                    cycle_snapshots=snapshots, cycle_starts=starts)
+            if journal_seq is None and self.ha is not None:
+                try:  # the journal first (fenced): a deposed leader's step stops here, uncommitted
+                    seq = await self.ha.append_steps(steps)
+                except BaseException:
+                    await self._reload_core()
+                    raise
+            else:
+                seq = journal_seq
+            try:
+                await self.store.commit(steps, state=state, active_cycle_id=core.state.active_cycle_id,
+                                        cycle_snapshots=snapshots, cycle_starts=starts, journal_seq=seq)
+            except BaseException:
+                if journal_seq is None and self.ha is not None:  # journaled but not committed here: replay it
+                    self.ha.lose("the local commit failed after the journal append")
+                raise
+        elif journal_seq is not None:
+            await self.store.set_journal_seq(journal_seq)
         if duplicates:
             await self.store.add_counter("duplicates", duplicates)
         return steps

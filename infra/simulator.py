@@ -70,7 +70,8 @@ class SimulatedVVTV:
             # nats-py may turn a cancellation inside a request into its own
             # timeout error; the flag ends the loop all the same, and the wait is bounded.
             await asyncio.wait([self._task], timeout=10)
-        for sub in self._subs:
+        subs, self._subs = self._subs, []   # a second stop does nothing
+        for sub in subs:
             await sub.unsubscribe()
 
     async def _on_apply(self, msg) -> None:

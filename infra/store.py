@@ -141,10 +141,16 @@ CREATE TABLE IF NOT EXISTS github_issue_log (
     at TEXT NOT NULL,
     PRIMARY KEY (effect_id, issue_key)
 );
+-- High availability: the last journal entry this replica's store reflects.
+CREATE TABLE IF NOT EXISTS replica (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    journal_seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
 _enc = msgspec.json.Encoder()
+_SET_JOURNAL_SEQ = ("INSERT INTO replica VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET journal_seq = excluded.journal_seq")
 
 
 def _json(value: Any) -> str | None:
@@ -208,7 +214,10 @@ class Store:
         return found
 
     async def commit(self, steps: list[Step], *, state: bytes | None, active_cycle_id: str | None,
-                     cycle_snapshots: dict[str, bytes], cycle_starts: list[CycleStart]) -> None:
+                     cycle_snapshots: dict[str, bytes], cycle_starts: list[CycleStart],
+                     journal_seq: int | None = None) -> None:
+        """``journal_seq``: the journal entry these steps are (README, "Deployment:
+        replicas"), recorded in the same transaction."""
         db = self._db
         inbox, transitions, outbox, cycles, canaries, commands, replies = [], [], [], {}, {}, [], []
         counters: dict[str, int] = {}
@@ -241,10 +250,10 @@ class Store:
                 replies.append((ib.at, effect_id))
         async with self._tx:
             await self._commit(inbox, transitions, outbox, replies, cycles, canaries, commands, counters, bounds,
-                               drift, triage, cycle_starts, cycle_snapshots, state, active_cycle_id)
+                               drift, triage, cycle_starts, cycle_snapshots, state, active_cycle_id, journal_seq)
 
     async def _commit(self, inbox, transitions, outbox, replies, cycles, canaries, commands, counters, bounds,
-                      drift, triage, cycle_starts, cycle_snapshots, state, active_cycle_id) -> None:
+                      drift, triage, cycle_starts, cycle_snapshots, state, active_cycle_id, journal_seq=None) -> None:
         db = self._db
         try:
             await db.execute("BEGIN IMMEDIATE")
@@ -291,6 +300,8 @@ class Store:
                 await db.execute("INSERT INTO autopilot_state VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                                  "state=excluded.state, active_cycle_id=excluded.active_cycle_id",
                                  (state.decode(), active_cycle_id))
+            if journal_seq is not None:
+                await db.execute(_SET_JOURNAL_SEQ, (journal_seq,))
             await db.execute("COMMIT")
         except BaseException:
             await db.execute("ROLLBACK")
@@ -303,8 +314,38 @@ class Store:
             "SELECT effect_id, kind, subject, body FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?", (limit,))).fetchall()
         return [Effect(r[0], r[1], json.loads(r[3]), subject=r[2]) for r in rows]
 
-    async def mark_sent(self, effect_ids: list[str], at: str) -> None:
-        await self._db.executemany("UPDATE outbox SET sent_at = ? WHERE effect_id = ?", [(at, e) for e in effect_ids])
+    async def mark_sent(self, effect_ids: list[str], at: str, *, journal_seq: int | None = None) -> None:
+        if journal_seq is None:
+            await self._db.executemany("UPDATE outbox SET sent_at = ? WHERE effect_id = ?", [(at, e) for e in effect_ids])
+            return
+        async with self._tx:
+            db = self._db
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                await db.executemany("UPDATE outbox SET sent_at = ? WHERE effect_id = ? AND sent_at IS NULL",
+                                     [(at, e) for e in effect_ids])
+                await db.execute(_SET_JOURNAL_SEQ, (journal_seq,))
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    # --- replication (README, "Deployment: replicas") -------------------------------------------
+
+    async def journal_seq(self) -> int:
+        """The last journal entry this store reflects (0: none)."""
+        row = await (await self._db.execute("SELECT journal_seq FROM replica WHERE id = 1")).fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def set_journal_seq(self, seq: int) -> None:
+        async with self._tx:
+            await self._db.execute(_SET_JOURNAL_SEQ, (seq,))
+
+    async def backup_to(self, path: Path) -> None:
+        """A consistent copy of the whole store (``VACUUM INTO``), for a snapshot."""
+        path.unlink(missing_ok=True)
+        async with self._tx:
+            await self._db.execute("VACUUM INTO ?", (str(path),))
 
     # --- GitHub issues (the relay's github_issues effects) ----------------------------------------
 

@@ -202,6 +202,11 @@ class StreamNames(_Strict):
     events: str = "VVTV_AUTOPILOT_EVT"
     timers: str = "VVTV_AUTOPILOT_TIMER"
     dlq: str = "VVTV_AUTOPILOT_DLQ"
+    # High availability (README, "Deployment: replicas"): the journal of committed
+    # inputs, the leader's lease (a KV bucket) and the state snapshots (an object store).
+    journal: str = "VVTV_AUTOPILOT_JOURNAL"
+    lease: str = "VVTV_AUTOPILOT_LEASE"
+    snapshots: str = "VVTV_AUTOPILOT_SNAPSHOTS"
 
     @model_validator(mode="after")
     def _names(self) -> "StreamNames":
@@ -220,6 +225,23 @@ class BusConfig(_Strict):
     inbox_prefix: str = Field("_INBOX", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     streams: StreamNames = StreamNames()
     request_timeout_seconds: float = Field(5.0, gt=0)
+    # High availability (README, "Deployment: replicas"). Replicas of every stream,
+    # bucket and object store the autopilot creates (3 on a three-node cluster).
+    stream_replicas: int = Field(1, ge=1, le=5)
+    # The leader's lease: it expires lease_ttl_seconds after its holder's last renewal;
+    # the holder renews every lease_renew_seconds and steps down on the first failure.
+    lease_ttl_seconds: float = Field(10.0, ge=1.0, le=300.0)
+    lease_renew_seconds: float = Field(2.0, gt=0)
+    # The leader puts a snapshot of its store in the object store every N journal
+    # entries (0: never), so a new replica need not replay the journal from its start.
+    snapshot_every_entries: int = Field(1000, ge=0)
+
+    @model_validator(mode="after")
+    def _lease(self) -> "BusConfig":
+        if self.lease_renew_seconds * 2.5 > self.lease_ttl_seconds:
+            raise ValueError(f"lease_renew_seconds ({self.lease_renew_seconds}) must be at most 0.4 x lease_ttl_seconds "
+                             f"({self.lease_ttl_seconds}): a leader renews well inside its lease's TTL")
+        return self
 
 
 class StorageConfig(_Strict):

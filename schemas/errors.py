@@ -7,6 +7,8 @@
     │   └── BoundsError        a bounds change that would break an invariant of the sliding bounds
     ├── StoreError             the SQLite store is unusable or inconsistent
     ├── BusError               NATS / JetStream cannot be reached or set up
+    │   └── NotLeader          this replica does not lead (any more): it may not change state
+    │       └── Fenced         a newer leader has written the journal: this one was deposed
     ├── HistoryError           the business-logic history is missing or corrupt
     │   ├── VersionNotFound
     │   │   └── InvalidVersionId   not 64 lowercase hex: refused before any file is touched
@@ -59,6 +61,23 @@ class StoreError(AutopilotError):
 
 class BusError(AutopilotError):
     """The message bus cannot be reached or configured."""
+
+
+class NotLeader(BusError):
+    """This replica is a standby, or stopped leading while the request was on its way
+    (README, "Deployment: replicas"): it changes no state and sends no effect; the
+    leader (``leader``, an instance id, when known) does."""
+
+    def __init__(self, message: str, *, leader: str | None = None):
+        self.leader = leader
+        super().__init__(message)
+
+
+class Fenced(NotLeader):
+    """The journal refused this replica's append (``Nats-Expected-Last-Subject-Sequence``
+    did not match): a newer leader has written since, so this one was deposed while it
+    believed it led (a pause, a partition). Nothing of the refused step is kept; the
+    replica steps down at once and replays what the new leader wrote."""
 
 
 class HistoryError(AutopilotError):
