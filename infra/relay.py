@@ -93,6 +93,11 @@ class OutboxRelay:
                 await asyncio.to_thread(self.card.deploy, b["card"], b["version_id"],
                                         changes=b.get("changes") or [], rationale=b.get("rationale", ""))
                 done.append(effect.effect_id)
+            elif effect.kind == "rollback_card":  # an operator's rollback, once VVTV applied it
+                b = effect.body
+                if await asyncio.to_thread(self.card.history.current_version_id) != b["version_id"]:
+                    await asyncio.to_thread(self.card.rollback_to, b["version_id"], reason=b.get("reason") or "")
+                done.append(effect.effect_id)
             elif requests and effect.kind in ("apply", "golden") and effect.effect_id not in self._inflight:
                 self._inflight.add(effect.effect_id)
                 task = asyncio.create_task(self._request(effect))

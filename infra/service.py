@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -24,12 +25,14 @@ from nats.errors import TimeoutError as NatsTimeout
 from ..handlers.card import version_id
 from ..handlers.golden import GoldenSet, builtin_golden_set, parse_golden_set
 from ..schemas.config import Config
-from ..schemas.errors import ConfigError, HistoryError, MessageError
+from ..schemas.errors import ConfigError, HistoryError, MessageError, ReadRefused
 from ..schemas.events import Boot, CommandEvent, Inbound, MetricStats, TimerEvent
 from ..schemas.messages import DeadLetter, encode, rfc3339
 from ..statemachine import Autopilot, AutopilotState, CycleData
 from ..statemachine.step import Step
 from . import bus as busmod
+from . import discovery, reads
+from .logs import DeadLetterLog, StoryLog
 from .cardfile import CardFile
 from .clock import now, utcnow
 from .relay import OutboxRelay
@@ -85,6 +88,12 @@ class Service:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.listeners: list[Callable[[Step], Awaitable[None] | None]] = []
+        # --- the operator's console (infra/logs.py, reads.py, discovery.py) ---
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.started_at: str | None = None
+        self.pending_replies = reads.PendingReplies()
+        self.dead_letters = DeadLetterLog()
+        self.listeners += [StoryLog().on_step, self.pending_replies.on_step]
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -114,10 +123,16 @@ class Service:
             asyncio.create_task(self._pull(subs["autopilot-timers"], "timers"), name="timers"),
             asyncio.create_task(self.relay.run(), name="relay"),
         ]
-        log.info("autopilot up on %s, data in %s", busmod.redact(self.nats_url), self.data_dir)
+        self.started_at = utcnow()
+        discovery.write(self.data_dir, url=self.nats_url, embedded=self.embedded is not None,
+                        instance_id=self.instance_id, started_at=self.started_at, prefix=self.config.bus.prefix)
+        log.info("autopilot up on %s, data in %s (instance %s, pid %d; the CLI finds it with --data-dir %s)",
+                 busmod.redact(self.nats_url), self.data_dir, self.instance_id, os.getpid(), self.data_dir)
 
     async def stop(self) -> None:
         self._stopping.set()
+        discovery.remove(self.data_dir, self.instance_id)
+        self.dead_letters.flush()
         if self.relay is not None and self.nc is not None and self.nc.is_connected:
             try:  # a graceful stop publishes what is committed (a crash leaves it to the next start)
                 await asyncio.wait_for(self.relay.publish_pending(), timeout=5)
@@ -238,20 +253,27 @@ class Service:
         letter = DeadLetter(subject=subject, reason=reason, received_at=utcnow(), payload_excerpt=excerpt(data))
         await self.js.publish(self.subjects.dlq(), encode(letter))
         await self.store.add_counter("dead_letters")
-        log.warning("dead letter from %s: %s", subject, reason)
+        self.dead_letters.add(subject, reason)
 
     async def _on_ctl(self, msg) -> None:
         verb = msg.subject.rsplit(".", 1)[-1]
         try:
-            if verb == "status":
+            if reads.is_read(verb, msg.data):  # history, bounds, report, triage, replay: beside the loop
+                reply = await reads.answer(self, verb, msg.data)
+            elif verb == "status":
                 command_event(verb, msg.data, "ctl")  # validates the (optional) body
                 reply = self.core.status(now())
                 reply["counters"] = await self.store.counters()
+                reply.update(reads.status_extras(self))
             else:
                 event = command_event(verb, msg.data, "ctl")
                 inbound = Inbound(key=f"ctl:{uuid.uuid4().hex}", subject=msg.subject, at=utcnow(), event=event)
                 steps = await self._process([inbound])
                 reply = steps[0].reply if steps else None
+                if reply and reply.get("pending_apply"):  # override / rollback: the answer is VVTV's
+                    reply = await self.pending_replies.wait(reply, self.config.autopilot.apply_timeout_seconds + 5)
+                    if reply.get("applied") and self.relay is not None:
+                        await self.relay.publish_pending()  # the card is on disk when the reply says applied
         except MessageError as exc:
             await self.store.add_counter("refused_requests")
             state = self.core.mode(now()) if self.core else "Unknown"
@@ -263,20 +285,21 @@ class Service:
             await msg.respond(_enc.encode(reply))
 
     async def _prepare_rollback(self, ib: Inbound) -> Inbound:
-        """The file-system half of a rollback command, under the core's lock and
-        before its step: the atomic rollback on disk (or why it could not be
-        done) goes into the event, which the core then adopts or refuses. The
-        inbox records the prepared event, so a replay needs no file system."""
+        """The file-system half of a rollback command, under the core's lock and before its
+        step: the target is resolved (a unique prefix of a stored id) and verified in the
+        history (or why it cannot be used goes into the event), and the core then asks VVTV
+        for it or refuses. The card on disk is rolled back only after VVTV applied it (the
+        relay's ``rollback_card`` effect). The inbox records the prepared event, so a replay
+        needs no file system."""
         body = dict(ib.event.body)
-        running = self.core.running()
-        if running is not None:
+        if self.core.running() is not None:
             return ib  # the core refuses; the card on disk is not touched
         try:
-            card = await asyncio.to_thread(self.card.rollback_to, body["version_id"],
-                                           reason=body.get("reason") or "operator rollback")
-            body["verified"] = {"version_id": body["version_id"], "card": card}
-        except (HistoryError, OSError) as exc:
-            # unknown, corrupt, invalid, or the disk refused: the core refuses with this reason.
+            vid = await asyncio.to_thread(reads.resolve_version, self.card.history, body["version_id"])
+            card = await asyncio.to_thread(self.card.history.load_card, vid)
+            body["verified"] = {"version_id": vid, "card": card}
+        except (HistoryError, ReadRefused, OSError) as exc:
+            # unknown, ambiguous, corrupt, or the disk refused: the core refuses with this reason.
             # Anything else is a bug: it surfaces (logged, the request answered as an internal error).
             log.warning("rollback to %s refused: %s", body["version_id"], exc)
             body["rollback_error"] = str(exc)

@@ -414,6 +414,54 @@ class Store:
         rows = await (await self._db.execute("SELECT name, value FROM counters")).fetchall()
         return {r[0]: r[1] for r in rows}
 
+    # --- reads for the operator's console (``history``, ``report``: local or over the bus) ------------
+
+    @property
+    def read_lock(self) -> asyncio.Lock:
+        """Held by a read served while the service runs, so it never sees another task's open transaction."""
+        return self._tx
+
+    async def resolve_cycle(self, prefix: str) -> str:
+        """The cycle whose id is or starts with ``prefix`` (a unique prefix, as git accepts)."""
+        rows = await (await self._db.execute(
+            "SELECT cycle_id FROM autopilot_cycles WHERE cycle_id >= ? AND cycle_id < ? ORDER BY cycle_id LIMIT 6",
+            (prefix, prefix + "\uffff"))).fetchall()
+        ids = [r[0] for r in rows]
+        if prefix in ids:
+            return prefix
+        if not ids:
+            raise StoreError(f"no cycle {prefix!r} in the store (`history` lists them)")
+        if len(ids) > 1:
+            raise StoreError(f"cycle id {prefix!r} is ambiguous: it starts {', '.join(ids[:5])}"
+                             + (" ..." if len(ids) > 5 else "") + "; give more characters")
+        return ids[0]
+
+    async def cycle_row(self, cycle_id: str) -> dict[str, Any] | None:
+        r = await (await self._db.execute(
+            "SELECT cycle_id, started_at, completed_at, status, metrics_analysis, proposed_changes, deployment_result, "
+            "error_message FROM autopilot_cycles WHERE cycle_id = ?", (cycle_id,))).fetchone()
+        if r is None:
+            return None
+        return {"cycle_id": r[0], "started_at": r[1], "completed_at": r[2], "status": r[3],
+                "metrics_analysis": json.loads(r[4]) if r[4] else None,
+                "proposed_changes": json.loads(r[5]) if r[5] else [],
+                "deployment_result": json.loads(r[6]) if r[6] else {}, "error_message": r[7]}
+
+    async def cycle_snapshot(self, cycle_id: str) -> dict[str, Any] | None:
+        r = await (await self._db.execute("SELECT snapshot FROM cycle_snapshots WHERE cycle_id = ?", (cycle_id,))).fetchone()
+        return json.loads(r[0]) if r and r[0] else None
+
+    async def last_transitions(self, cycle_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Per cycle, its last transition (to, trigger, detail): why it ended where it is."""
+        out: dict[str, dict[str, Any]] = {}
+        for cid in cycle_ids:
+            r = await (await self._db.execute(
+                "SELECT to_state, trigger, detail, at FROM transitions WHERE cycle_id = ? ORDER BY seq DESC LIMIT 1",
+                (cid,))).fetchone()
+            if r is not None:
+                out[cid] = {"to": r[0], "trigger": r[1], "detail": json.loads(r[2]), "at": r[3]}
+        return out
+
     async def commands_log(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = await (await self._db.execute(
             "SELECT at, verb, via, actor, reason, ok, error FROM commands ORDER BY id DESC LIMIT ?", (limit,))).fetchall()

@@ -44,6 +44,11 @@ class CommandRefused(AutopilotError):
     """A well-formed command that the autopilot will not carry out now."""
 
 
+class ReadRefused(CommandRefused):
+    """A read (``history``, ``report``, ``replay``, a version or cycle id) cannot be answered as
+    asked: an unknown or ambiguous id, a prefix too short. The CLI exits 1 and says which."""
+
+
 class BoundsError(CommandRefused):
     """A bounds operation that would break an invariant; the message names the bound."""
 

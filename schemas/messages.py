@@ -18,6 +18,8 @@ from .errors import MessageError
 
 KpiName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 VersionId = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+# Extension: a rollback accepts a unique prefix (4 to 40 hex digits, git's habit) of a stored id.
+VersionIdOrPrefix = Annotated[str, Meta(pattern=r"^([0-9a-f]{4,40}|[0-9a-f]{64})$")]
 ParameterName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", max_length=256)]
 Actor = Annotated[str, Meta(min_length=1, max_length=256)]
 Reason = Annotated[str, Meta(max_length=1024)]
@@ -122,7 +124,7 @@ class BoundsOverrideCmd(_Command, frozen=True, kw_only=True):
 
 
 class RollbackCmd(_Command, frozen=True, kw_only=True):
-    version_id: VersionId
+    version_id: VersionIdOrPrefix
 
 
 class ProposeCmd(_Command, frozen=True, kw_only=True):

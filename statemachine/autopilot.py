@@ -52,6 +52,7 @@ class AutopilotState(msgspec.Struct, kw_only=True):
     live: dict[str, dict[str, RunningStats]] = {}   # kpi -> hour bucket (RFC 3339) -> stats
     validation_failures: int = 0                     # consecutive golden-set failures
     last_error: dict[str, Any] | None = None         # the last event the core failed on (status shows it)
+    pending_live: dict[str, Any] | None = None       # an operator's live apply (override, rollback) awaiting VVTV
     tuning: TuningState = msgspec.field(default_factory=TuningState)     # owned by the BoundsKeeper
     monitor: MonitorState = msgspec.field(default_factory=MonitorState)  # owned by the DriftMonitor
 
@@ -92,6 +93,10 @@ class Autopilot:
         return self.state.overrides
 
     @property
+    def pending_live(self) -> dict[str, Any] | None:
+        return self.state.pending_live
+
+    @property
     def in_emergency_pause(self) -> bool:
         return self.state.paused_forever
 
@@ -118,6 +123,8 @@ class Autopilot:
             return f"the autopilot is paused {until}; resume it first"
         if not self.config.autopilot.enabled:
             return "the autopilot is disabled in its configuration (autopilot.enabled: false)"
+        if self.state.pending_live is not None:
+            return self.pending_live_refusal()
         return None
 
     def status(self, now: datetime) -> dict[str, Any]:
@@ -131,6 +138,8 @@ class Autopilot:
             "card_version": s.card_version, "overrides": s.overrides,
             "bounds_overrides": self.tuning.active_overrides(now),
             "next_daily": s.next_daily, "last_cycle": s.last_cycle, "last_error": s.last_error,
+            "pending_live": None if s.pending_live is None else {
+                k: s.pending_live.get(k) for k in ("kind", "parameter", "value", "version_id", "actor", "asked_at")},
             "cycle": None if running is None else {
                 "cycle_id": running.data.cycle_id, "state": running.state, "origin": running.data.origin,
                 "started_at": running.data.started_at, "deadline": running.data.deadline,
@@ -295,6 +304,9 @@ class Autopilot:
             self._arm_daily(step)
             self.tuning.day_passed(step, paused=self.paused(step.now), pinned=set(s.overrides))
             if self.config.autopilot.enabled and not self.paused(step.now) and self.running() is None:
+                if s.pending_live is not None:  # an operator's live apply awaits VVTV (seconds): not today
+                    step.count("daily_skipped_pending_apply")
+                    return
                 self.start_cycle(step, origin="daily", actor="scheduler", proposal=None)
             return
         if ev.kind == "triage":
@@ -330,6 +342,10 @@ class Autopilot:
                 step.count("stale_timers")
 
     def _reply(self, step: Step, ev: ApplyResult | GoldenResult) -> None:
+        pending = self.state.pending_live
+        if isinstance(ev, ApplyResult) and pending is not None and ev.effect_id == pending["effect_id"]:
+            self._live_apply_answered(step, ev)
+            return
         cycle = self.running()
         if cycle is None or ev.effect_id != cycle.data.awaiting:
             if isinstance(ev, ApplyResult) and not ev.applied:
@@ -458,17 +474,16 @@ class Autopilot:
     def check_bounds(self, step: Step, name: str, value: float, mode: ClampMode) -> BoundsCheck:
         return self.tuning.check(step, name, value, mode)
 
-    def put_live(self, step: Step, name: str, value: float, *, rationale: str) -> str:
-        """Write the card with ``name = value`` and tell VVTV to run it on all traffic; its version id."""
+    def put_live(self, step: Step, name: str, value: float, *, rationale: str, pin: dict[str, Any]) -> str:
+        """Ask VVTV to run the card with ``name = value`` on all traffic; its version id. Nothing
+        else changes until VVTV answers (:meth:`_live_apply_answered`): then the card is written
+        and ``name`` pinned (``pin``: hours, actor, reason), or, refused or unanswered, nothing is."""
         s = self.state
         card = with_values(s.card, {name: value})
         deployed = version_id(card)
         change = msgspec.to_builtins(manual_change(name, get_path(s.card, name, None), value))
-        step.effects.append(Effect(step.next_id("card"), "write_card", {
-            "card": card, "version_id": deployed, "changes": [change], "rationale": rationale}))
-        self._apply_live(step, card, deployed, "override")
-        s.card, s.card_version = card, deployed
-        self.tuning.set_by_operator(step, name, value)
+        self._request_live(step, "override", card, deployed, parameter=name, value=value, change=change,
+                           rationale=rationale, pin=pin)
         return deployed
 
     def pin(self, step: Step, name: str, value: float, *, hours: float, actor: str, reason: str | None) -> str:
@@ -498,10 +513,68 @@ class Autopilot:
         step.schedule(f"bounds.{name}", until, {"kind": "override_expiry", "token": rfc3339(until)})
         return rfc3339(until)
 
-    def adopt_version(self, step: Step, card: dict[str, Any], version: str) -> None:
-        """A version infra restored from the history becomes live (manual rollback)."""
-        self.state.card, self.state.card_version = card, version
-        self._apply_live(step, card, version, "manual_rollback")
+    def adopt_version(self, step: Step, card: dict[str, Any], version: str, *, reason: str = "operator rollback",
+                      actor: str | None = None) -> None:
+        """Ask VVTV to run a version infra verified in the history (manual rollback); the card
+        becomes that version once VVTV applied it (:meth:`_live_apply_answered`)."""
+        self._request_live(step, "rollback", card, version, rationale=reason, actor=actor)
+
+    # --- an operator's live apply: the card follows what VVTV really runs -------------------------
+
+    def pending_live_refusal(self) -> str:
+        p = self.state.pending_live or {}
+        what = f"override of {p.get('parameter')}" if p.get("kind") == "override" else f"rollback to {str(p.get('version_id'))[:12]}"
+        return f"the {what} asked by {p.get('actor')} at {p.get('asked_at')} is waiting for VVTV's answer; try again in a few seconds"
+
+    def _request_live(self, step: Step, kind: str, card: dict[str, Any], vid: str, **about: Any) -> None:
+        effect_id = self._apply_live(step, card, vid, "override" if kind == "override" else "manual_rollback")
+        pin = about.get("pin") or {}
+        self.state.pending_live = {"kind": kind, "effect_id": effect_id, "card": card, "version_id": vid,
+                                   "previous_version": self.state.card_version, "asked_at": step.at,
+                                   "actor": about.get("actor") or pin.get("actor"), **about}
+
+    def _live_apply_answered(self, step: Step, ev: ApplyResult) -> None:
+        """VVTV answered (or the timeout passed) an operator's live apply. Applied: the card is
+        written (a history version) and becomes the autopilot's card; an override's parameter is
+        pinned. Refused or unanswered: nothing changes (card, history, pins), and after a timeout
+        the current card is sent again so that a late apply cannot leave VVTV on another value.
+        The step's reply is the final answer to the operator who asked."""
+        s = self.state
+        p, s.pending_live = s.pending_live or {}, None
+        kind, vid = p.get("kind"), p.get("version_id")
+        extra: dict[str, Any] = {"version_id": vid, "previous_version": p.get("previous_version")}
+        if ev.applied:
+            if kind == "override":
+                step.effects.append(Effect(step.next_id("card"), "write_card", {
+                    "card": p["card"], "version_id": vid, "changes": [p["change"]], "rationale": p.get("rationale", "")}))
+                self.tuning.set_by_operator(step, p["parameter"], p["value"])
+                pin = p.get("pin") or {}
+                extra |= {"parameter": p["parameter"],
+                          "until": self.pin(step, p["parameter"], p["value"], hours=float(pin.get("hours") or 24),
+                                            actor=pin.get("actor") or "operator", reason=pin.get("reason"))}
+            else:
+                step.effects.append(Effect(step.next_id("card"), "rollback_card", {
+                    "version_id": vid, "reason": p.get("rationale") or "operator rollback"}))
+            s.card, s.card_version = p["card"], vid
+            ok, error, outcome = True, None, "applied"
+        else:
+            unanswered = (ev.error or "").startswith(("no reply", "no responder"))
+            outcome = "no answer" if unanswered else "refused"
+            why = f"no answer from VVTV ({ev.error})" if unanswered else f"refused by VVTV: {ev.error or 'no reason given'}"
+            if unanswered:  # it may still land late: send the card the autopilot keeps again, after it
+                self._apply_live(step, s.card, s.card_version, "live_restore")
+            nothing = (f"nothing changed: the card stays at {s.card_version[:16]}"
+                       + (f" and {p.get('parameter')} is not pinned" if kind == "override" else ""))
+            ok, error = False, f"{why}; {nothing}"
+            step.publish("autopilot.evt.alert", {
+                "kind": "apply_failed", "cycle_id": None, "purpose": kind, "at": step.at, "version_id": vid,
+                "message": f"VVTV did not apply the operator's {kind} ({why}); {nothing}"})
+        step.reply = {"ok": ok, "error": error, "state": self.mode(step.now), "cycle_id": None,
+                      "applied": ev.applied, "outcome": outcome, "verb": kind, **extra}
+        step.command = {"verb": "apply-result", "via": "vvtv", "actor": p.get("actor"), "reason": p.get("rationale"),
+                        "at": step.at, "body": {"for": kind, "effect_id": p.get("effect_id"), "version_id": vid},
+                        "ok": ok, "error": error}
+        step.publish("autopilot.evt.command", {**step.command, "result": step.reply})
 
     def run_triage(self, step: Step, *, reason: str) -> TriageReport:
         return self.monitor.triage(step, self.tuning.bounds, reason=reason)
@@ -518,9 +591,10 @@ class Autopilot:
         s = self.state
         s.paused_until, s.paused_forever, s.paused_by, s.pause_reason = until, forever, actor, reason
 
-    def _apply_live(self, step: Step, card: dict[str, Any], vid: str, purpose: str) -> None:
-        """Tell VVTV to run ``card`` on all traffic (outside any cycle)."""
+    def _apply_live(self, step: Step, card: dict[str, Any], vid: str, purpose: str) -> str:
+        """Tell VVTV to run ``card`` on all traffic (outside any cycle); the effect id."""
         effect_id = step.next_id("apply")
         step.effects.append(Effect(effect_id, "apply", {"purpose": purpose, "request": {
             "effect_id": effect_id, "cycle_id": None, "version_id": vid, "arm": "live",
             "traffic_percentage": 1.0, "parameters": parameter_values(card, list(self.config.parameters))}}))
+        return effect_id

@@ -43,12 +43,16 @@ class Controls(Protocol):
     def emergency_pause(self, step: Step, *, actor: str, reason: str | None) -> dict[str, Any]: ...
     def resume(self) -> None: ...
     def check_bounds(self, step: Step, name: str, value: float, mode: ClampMode) -> BoundsCheck: ...
-    def put_live(self, step: Step, name: str, value: float, *, rationale: str) -> str: ...
+    def put_live(self, step: Step, name: str, value: float, *, rationale: str, pin: dict[str, Any]) -> str: ...
+    def pending_live_refusal(self) -> str: ...
+    @property
+    def pending_live(self) -> dict[str, Any] | None: ...
     def pin(self, step: Step, name: str, value: float, *, hours: float, actor: str, reason: str | None) -> str: ...
     def unpin(self, step: Step, name: str, *, actor: str) -> bool: ...
     def override_bounds(self, step: Step, name: str, *, min_value: float, max_value: float, hours: float,
                         actor: str, reason: str | None) -> str: ...
-    def adopt_version(self, step: Step, card: dict[str, Any], version_id: str) -> None: ...
+    def adopt_version(self, step: Step, card: dict[str, Any], version_id: str, *, reason: str = ...,
+                      actor: str | None = None) -> None: ...
     def run_triage(self, step: Step, *, reason: str) -> Any: ...
 
 
@@ -112,22 +116,26 @@ def _propose(ap: Controls, step: Step, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _override(ap: Controls, step: Step, body: dict[str, Any]) -> dict[str, Any]:
+    """A value other than the live one is asked of VVTV first: the reply waits for its answer
+    (``pending_apply``: infra holds the operator's reply until the apply's result step, whose
+    reply says applied, refused or unanswered). Only an applied value is written and pinned."""
     name, value = body["parameter"], float(body["value"])
     _require_parameter(ap, name, value)
     current = get_path(ap.card, name, None)
-    deployed = None
+    hours = float(body.get("hours") or ap.config.autopilot.manual_override_hours)
     if current is None or float(current) != value:
-        # The operator's value goes live at once (card written atomically,
-        # VVTV told), then it is held there: that is what pinning it means.
         running = ap.running()
         if running is not None:
             raise CommandRefused(f"cycle {running.data.cycle_id} is running ({running.state}); abort it before "
                                  f"overriding {name} to a new value")
+        _require_no_pending_live(ap)
         deployed = ap.put_live(step, name, value,
-                               rationale=f"override by {body['actor']}: {body.get('reason') or 'no reason given'}")
-    hours = float(body.get("hours") or ap.config.autopilot.manual_override_hours)
+                               rationale=f"override by {body['actor']}: {body.get('reason') or 'no reason given'}",
+                               pin={"hours": hours, "actor": body["actor"], "reason": body.get("reason")})
+        return {"parameter": name, "version_id": deployed, "pending_apply": (ap.pending_live or {}).get("effect_id")}
     until = ap.pin(step, name, value, hours=hours, actor=body["actor"], reason=body.get("reason"))
-    return {"parameter": name, "until": until, "version_id": deployed or ap.card_version}
+    return {"parameter": name, "until": until, "version_id": ap.card_version, "applied": None,
+            "outcome": f"already live ({name}={value}): pinned, nothing sent to VVTV"}
 
 
 def _clear_override(ap: Controls, step: Step, body: dict[str, Any]) -> None:
@@ -163,16 +171,22 @@ def _end_canary(recommendation: str) -> Callable[[Controls, Step, dict[str, Any]
 
 
 def _rollback(ap: Controls, step: Step, body: dict[str, Any]) -> dict[str, Any]:
-    """Infra has already verified and written the target version (``verified``);
-    the core adopts it and tells VVTV."""
+    """Infra has already found and verified the target version in the history (``verified``;
+    a unique prefix is resolved there); the core asks VVTV to run it, and the card on disk is
+    rolled back only once VVTV applied it (the reply waits for that, as an override's does)."""
     running = ap.running()
     if running is not None:
         raise CommandRefused(f"cycle {running.data.cycle_id} is running ({running.state}); abort it first")
     verified = body.get("verified")
     if not verified:
         raise CommandRefused(body.get("rollback_error") or f"version {body['version_id']} could not be restored")
-    ap.adopt_version(step, verified["card"], verified["version_id"])
-    return {"version_id": verified["version_id"]}
+    _require_no_pending_live(ap)
+    if verified["version_id"] == ap.card_version:
+        return {"version_id": verified["version_id"], "applied": None,
+                "outcome": "already the live version: nothing sent to VVTV"}
+    ap.adopt_version(step, verified["card"], verified["version_id"],
+                     reason=f"rollback by {body['actor']}: {body.get('reason') or 'no reason given'}", actor=body["actor"])
+    return {"version_id": verified["version_id"], "pending_apply": (ap.pending_live or {}).get("effect_id")}
 
 
 def _triage(ap: Controls, step: Step, body: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +202,11 @@ def _require_can_start(ap: Controls, step: Step) -> None:
     why = ap.why_no_cycle_can_start(step.now)
     if why is not None:
         raise CommandRefused(why)
+
+
+def _require_no_pending_live(ap: Controls) -> None:
+    if ap.pending_live is not None:
+        raise CommandRefused(ap.pending_live_refusal())
 
 
 def _require_parameter(ap: Controls, name: str, value: float | None = None) -> None:

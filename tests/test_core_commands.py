@@ -156,7 +156,9 @@ def _emergency_pause(d: Driver) -> None:
 
 
 def _pin(d: Driver) -> None:
-    assert _send(d, "override", at(0.5), {"parameter": P, "value": 0.3}).reply["ok"]
+    asked = _send(d, "override", at(0.5), {"parameter": P, "value": 0.3})
+    assert asked.reply["ok"] and asked.reply["pending_apply"]
+    assert d.apply(asked, "override", at(0.6)).reply["applied"] is True  # pinned once VVTV applied it
 
 
 def _override_bounds(d: Driver) -> None:
