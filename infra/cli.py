@@ -69,7 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true")
     p = argparse.ArgumentParser(prog="vvtv-autopilot", description="The VVTV autopilot: safe daily parameter tuning.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", parents=[common], help="run the service")
+    run = sub.add_parser("run", parents=[common], help="run the service")
+    # --- web dashboard (issue #11) ---
+    run.add_argument("--http", metavar="HOST:PORT", help="serve the read-only dashboard and /metrics there "
+                     "(web.listen; loopback unless $VVTV_AUTOPILOT_WEB_TOKEN is set)")
+    # --- end web dashboard ---
     demo = sub.add_parser("demo", parents=[common], help="embedded NATS + simulated VVTV + autopilot, several cycles")
     demo.add_argument("--cycles", type=int, default=4, choices=range(1, 21), metavar="N")
     sub.add_parser("status", parents=[common], help="the service's current state")
@@ -103,7 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--run", action="store_true", help="ask the service to run a triage now (ctl.triage)")
     t.add_argument("--actor", default=os.environ.get("USER") or "cli")
     r = sub.add_parser("replay", parents=[common], help="replay a cycle from its recorded events and compare")
-    r.add_argument("cycle_id")
+    # --- what-if replay, export, replay from a file (issue #11; infra/replay_cli.py) ---
+    r.add_argument("cycle_id", nargs="?")
+    r.add_argument("--what-if", type=Path, metavar="CONFIG", help="YAML whose keys override the recorded configuration")
+    r.add_argument("--all", action="store_true", help="every stored cycle, summarized")
+    r.add_argument("--export", type=Path, metavar="FILE", help="write the recorded cycle as JSON lines")
+    r.add_argument("--from-file", type=Path, metavar="FILE", help="replay an exported cycle")
+    # --- end what-if replay ---
     return p
 
 
@@ -113,6 +123,8 @@ def _config(args: argparse.Namespace) -> Config:
         env["NATS_URL"] = args.nats_url
     if args.data_dir:
         env["VVTV_AUTOPILOT_DATA_DIR"] = str(args.data_dir)
+    if getattr(args, "http", None):  # web dashboard (issue #11)
+        env["VVTV_AUTOPILOT__WEB__LISTEN"] = args.http
     return load_config(args.config, env)
 
 
@@ -196,6 +208,10 @@ async def _main(args: argparse.Namespace) -> int:
         _print(args, reply, f"report {reply.get('report_id')}: {reply.get('failure_counts')}, "
                             f"{reply.get('patch_suggestions')} patch suggestion(s)" if reply.get("ok") else f"refused: {reply.get('error')}")
         return EXIT_OK if reply.get("ok") else EXIT_REFUSED
+    if args.command == "replay" and (args.what_if or args.all or args.export or args.from_file or not args.cycle_id):
+        from . import replay_cli  # what-if, export, from a file (issue #11)
+
+        return await replay_cli.replay(config, args)
     if args.command in ("history", "replay", "bounds", "triage"):
         from . import review
 

@@ -40,6 +40,7 @@ from .inbound import alert_inbound, command_event, excerpt, metric_inbound
 from .natsserver import EmbeddedNats
 from .store import CycleStart, Store
 from .telemetry import Telemetry
+from .web import WebServer, web_token
 
 log = logging.getLogger("vvtv_autopilot.service")
 
@@ -88,6 +89,7 @@ class Service:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.listeners: list[Callable[[Step], Awaitable[None] | None]] = []
+        self.web: WebServer | None = None   # web dashboard (issue #11)
         # --- the operator's console (infra/logs.py, reads.py, discovery.py) ---
         self.instance_id = uuid.uuid4().hex[:12]
         self.started_at: str | None = None
@@ -98,6 +100,9 @@ class Service:
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # --- web dashboard (issue #11): refuse a non-loopback bind without credentials first ---
+        web_token_value = web_token(self.config) if self.config.web.listen else None
+        # --- end web dashboard ---
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await Store.open(self.data_dir / "autopilot.db")
         await self._reload_core()
@@ -124,6 +129,12 @@ class Service:
             asyncio.create_task(self.relay.run(), name="relay"),
         ]
         self.started_at = utcnow()
+        # --- web dashboard (issue #11): served on this loop, read-only ---
+        if self.config.web.listen:
+            self.web = WebServer(self.config, self.data_dir / "autopilot.db",
+                                 lambda: self.core.status(now()) if self.core else None, token=web_token_value)
+            await self.web.start()
+        # --- end web dashboard ---
         discovery.write(self.data_dir, url=self.nats_url, embedded=self.embedded is not None,
                         instance_id=self.instance_id, started_at=self.started_at, prefix=self.config.bus.prefix)
         log.info("autopilot up on %s, data in %s (instance %s, pid %d; the CLI finds it with --data-dir %s)",
@@ -131,6 +142,9 @@ class Service:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.web is not None:  # web dashboard (issue #11)
+            await self.web.stop()
+            self.web = None
         discovery.remove(self.data_dir, self.instance_id)
         self.dead_letters.flush()
         if self.relay is not None and self.nc is not None and self.nc.is_connected:

@@ -9,6 +9,7 @@ that exact replay, what-if replay and export work on (:meth:`WebData.recorded_cy
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -18,8 +19,8 @@ import aiosqlite
 import msgspec
 
 from ..handlers.golden import GoldenSet
-from ..schemas.config import Config
-from ..schemas.errors import StoreError
+from ..schemas.config import Config, parse_config
+from ..schemas.errors import ConfigError, StoreError
 from ..schemas.events import CoreEvent, Inbound, RecordedCycle, TransitionRecord
 from ..statemachine.definition import TERMINAL
 from ..statemachine.replay import Look, LookReplay, compare
@@ -126,6 +127,24 @@ class WebData:
             return self._summaries[cycle_id]
         rows = await self._all(f"SELECT {self._CYCLE_COLUMNS} FROM autopilot_cycles WHERE cycle_id = ?", (cycle_id,))
         return summarize_cycle(rows[0]) if rows else None
+
+    async def cycle_row(self, cycle_id: str) -> dict[str, Any] | None:
+        """The ``autopilot_cycles`` row as :func:`infra.report.build_report` takes it."""
+        rows = await self._all(f"SELECT {self._CYCLE_COLUMNS} FROM autopilot_cycles WHERE cycle_id = ?", (cycle_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return {"cycle_id": r[0], "started_at": r[1], "completed_at": r[2], "status": r[3],
+                "metrics_analysis": _loads(r[4], None), "proposed_changes": _loads(r[5], []),
+                "deployment_result": _loads(r[6], {}), "error_message": r[7]}
+
+    async def snapshot(self, cycle_id: str) -> dict[str, Any] | None:
+        rows = await self._all("SELECT snapshot FROM cycle_snapshots WHERE cycle_id = ?", (cycle_id,))
+        return _loads(rows[0][0], None) if rows else None
+
+    async def cycle_config(self, cycle_id: str) -> str | None:
+        rows = await self._all("SELECT config FROM cycle_snapshots WHERE cycle_id = ?", (cycle_id,))
+        return rows[0][0] if rows else None
 
     async def parameter_ranges(self) -> dict[str, dict[str, Any]]:
         """Per cycle, the sliding range each parameter had when its proposal was bounded."""
@@ -250,9 +269,24 @@ class WebData:
             chunk = await self.inbox_after(last)
             if not chunk:
                 break
-            obj.feed(ib for _, ib in chunk)
+            await asyncio.to_thread(obj.feed, [ib for _, ib in chunk])   # the core's work, off the loop
             last = chunk[-1][0]
         return obj, last
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def overlay_config(recorded: str, overrides: dict[str, Any]) -> Config:
+    """A what-if configuration: ``overrides`` (a YAML tree: only the keys to change) laid over
+    the configuration the cycle ran under. An invalid result raises ConfigError naming each key."""
+    if not isinstance(overrides, dict):
+        raise ConfigError([("<top level>", type(overrides).__name__, "must be a mapping of sections")])
+    return parse_config(_merge(json.loads(recorded), overrides))
 
 
 def first_divergence(recorded: list[TransitionRecord], replayed: list[TransitionRecord]) -> dict[str, Any]:
