@@ -186,7 +186,7 @@ def live_section(status: dict[str, Any], looks: list[Look], now: datetime) -> st
     samples = cycle.get("samples") or {}
     kpis = sorted(set(samples.get("control", {})) | set(samples.get("canary", {})))
     out.append(table(["KPI", "control samples", "canary samples"],
-                     [[e(k), num(samples.get("control", {}).get(k, 0), "d"), num(samples.get("canary", {}).get(k, 0), "d")]
+                     [[e(k), num(samples.get("control", {}).get(k, 0), ".0f"), num(samples.get("canary", {}).get(k, 0), ".0f")]
                       for k in kpis], id_="samples"))
     last = looks[-1] if looks else None
     out.append(f'<p>gate looks so far: <b id="looks" data-looks="{len(looks)}">{len(looks)}</b>; '

@@ -12,7 +12,7 @@
       if (html === null) { return; }
       var holder = document.createElement("div");
       holder.innerHTML = html;
-      Array.prototype.forEach.call(holder.children, function (fresh) {
+      Array.from(holder.children).forEach(function (fresh) {
         var old = fresh.id && document.getElementById(fresh.id);
         if (old) { old.replaceWith(fresh); }
       });
