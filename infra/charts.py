@@ -64,8 +64,31 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     return [lo + (hi - lo) * i / n for i in range(n + 1)]
 
 
+MAX_POINTS = 400   # per series and for markers: a long history is thinned (every k-th, the last kept)
+
+
+def _thin(items: Sequence, limit: int = MAX_POINTS) -> list:
+    if len(items) <= limit:
+        return list(items)
+    k = -(-len(items) // limit)
+    kept = list(items[::k])
+    if kept[-1] != items[-1]:
+        kept.append(items[-1])
+    return kept
+
+
+def thin_series(s: Series) -> Series:
+    if len(s.points) <= MAX_POINTS:
+        return s
+    idx = _thin(list(range(len(s.points))))
+    return Series(s.name, [s.points[i] for i in idx], s.color, None if s.errors is None else [s.errors[i] for i in idx],
+                  s.line, None if s.labels is None else [s.labels[i] for i in idx])
+
+
 def chart(c: Chart) -> str:
     """The chart as an inline ``<svg>`` (``data-points``: how many points it draws)."""
+    c = Chart(c.title, [thin_series(s) for s in c.series], [Band(b.name, _thin(b.points), b.color) for b in c.bands],
+              c.hlines, _thin(c.markers, 200), c.x_format, c.y_format, c.width, c.height)
     left, right, top, bottom = 64, 12, 24, 36
     w, h = c.width, c.height
     xs: list[float] = []
@@ -92,8 +115,11 @@ def chart(c: Chart) -> str:
         return "".join(out)
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
+    integer_x = all(float(x).is_integer() for x in xs)
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
+    xpad = (x1 - x0) * 0.04
+    x0, x1 = x0 - xpad, x1 + xpad
     pad = (y1 - y0) * 0.08 or (abs(y0) * 0.1 or 1.0)
     y0, y1 = y0 - pad, y1 + pad
 
@@ -106,7 +132,13 @@ def chart(c: Chart) -> str:
     for t in _ticks(y0, y1):
         out.append(f'<line x1="{left}" x2="{w - right}" y1="{py(t):.1f}" y2="{py(t):.1f}" class="grid"/>'
                    f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end" class="tick">{escape(c.y_format(t))}</text>')
-    for t in _ticks(x0, x1, 3):
+    if integer_x:   # looks, cycles: whole numbers only
+        lo, hi = math.ceil(x0), math.floor(x1)
+        step = max(1, math.ceil((hi - lo) / 6))
+        xticks = [float(t) for t in range(lo, hi + 1, step)]
+    else:
+        xticks = _ticks(x0 + xpad, x1 - xpad, 3)
+    for t in xticks:
         out.append(f'<text x="{px(t):.1f}" y="{h - bottom + 16}" text-anchor="middle" class="tick">'
                    f'{escape(c.x_format(t))}</text>')
     for b in c.bands:

@@ -87,6 +87,8 @@ class WebServer:
         self._runner: web.AppRunner | None = None
         self._live: tuple[str, tuple[LookReplay, int]] | None = None
         self._live_lock = asyncio.Lock()
+        self._performance: tuple[tuple, str] | None = None
+        self._warm: asyncio.Task | None = None
         self.url: str | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -120,9 +122,22 @@ class WebServer:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}"
         log.info("dashboard on %s (%s)", self.url, "credentials required" if self.token else "loopback, no credentials")
+        self._warm = asyncio.create_task(self._warm_up(), name="web-warm-up")
         return self.url
 
+    async def _warm_up(self) -> None:
+        """Read and summarize the stored cycles once, so the first page is as fast as the next."""
+        try:
+            await self.data.summaries()
+            await self.data.parameter_ranges()
+        except Exception as exc:  # a page will read them again
+            log.warning("warming the dashboard's cache failed: %r", exc)
+
     async def stop(self) -> None:
+        if self._warm is not None:
+            self._warm.cancel()
+            await asyncio.wait([self._warm], timeout=10)
+            self._warm = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -194,9 +209,17 @@ class WebServer:
         ranges = await self.data.parameter_ranges()
         drift = await self.data.drift_events(20)
         triage = await self.data.triage_reports(5)
-        return self._html(pages.dashboard(status, looks, cycles, ranges, drift, triage,
-                                          window_days=self.config.autopilot.drift_monitoring.monitoring_window_days,
-                                          now=now(), refresh=self.config.web.refresh_seconds))
+        at = now()
+        window = self.config.autopilot.drift_monitoring.monitoring_window_days
+        # The performance section changes only when a cycle is added or ends (or the window moves
+        # on by a minute): rendered once per such change.
+        key = (len(cycles), cycles[-1].cycle_id if cycles else None, cycles[-1].outcome if cycles else None,
+               len(ranges), at.replace(second=0, microsecond=0))
+        if self._performance is None or self._performance[0] != key:
+            self._performance = (key, pages.performance_section(cycles, ranges, window, at))
+        return self._html(pages.dashboard(status, looks, cycles, ranges, drift, triage, window_days=window,
+                                          now=at, refresh=self.config.web.refresh_seconds,
+                                          performance=self._performance[1]))
 
     async def live_fragment(self, request: web.Request) -> web.Response:
         status = self._status()

@@ -279,12 +279,12 @@ def performance_section(cycles: list[CycleSummary], ranges: dict[str, dict[str, 
 
 def dashboard(status: dict[str, Any], looks: list[Look], cycles: list[CycleSummary], ranges: dict[str, dict[str, Any]],
               drift: list[dict[str, Any]], triage: list[dict[str, Any]], *, window_days: int, now: datetime,
-              refresh: float, recent: int = 30) -> str:
+              refresh: float, recent: int = 30, performance: str | None = None) -> str:
     body = (f'<div class="grid"><div id="status">{status_section(status)}</div>'
             f'<div id="live">{live_section(status, looks, now)}</div></div>'
             + cycles_section(list(reversed(cycles[-recent:])))
             + drift_section(drift, triage)
-            + performance_section(cycles, ranges, window_days, now))
+            + (performance if performance is not None else performance_section(cycles, ranges, window_days, now)))
     return page("vvtv-autopilot dashboard", body, refresh=refresh, live_url="/fragment/live")
 
 

@@ -66,7 +66,9 @@ def summarize_cycle(row: tuple) -> CycleSummary:
     live = {kpi: float(s["mean"]) for kpi, s in (analysis.get("kpis") or {}).items() if s.get("n")}
     outcome = result.get("state") if status != "running" else None
     reason = error or gate.get("reason") or ""
-    if not reason and outcome == "NoChange":
+    if status == "running":
+        reason = "running"
+    elif not reason and outcome == "NoChange":
         reason = "nothing worth changing, or the proposal was refused by the bounds"
     return CycleSummary(cycle_id=cycle_id, started_at=started_at, completed_at=completed_at, status=status,
                         outcome=outcome, recommendation=gate.get("recommendation"), reason=reason,
