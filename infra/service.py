@@ -106,6 +106,12 @@ class Service:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await Store.open(self.data_dir / "autopilot.db")
         await self._reload_core()
+        # --- web dashboard (issue #11): served on this loop, read-only; before the bus, so a busy port stops nothing half-started ---
+        if self.config.web.listen:
+            self.web = WebServer(self.config, self.data_dir / "autopilot.db",
+                                 lambda: self.core.status(now()) if self.core else None, token=web_token_value)
+            await self.web.start()
+        # --- end web dashboard ---
         if self.nats_url is None:
             self.embedded = EmbeddedNats(self.data_dir / "nats")
             self.nats_url = await self.embedded.start()
@@ -129,12 +135,6 @@ class Service:
             asyncio.create_task(self.relay.run(), name="relay"),
         ]
         self.started_at = utcnow()
-        # --- web dashboard (issue #11): served on this loop, read-only ---
-        if self.config.web.listen:
-            self.web = WebServer(self.config, self.data_dir / "autopilot.db",
-                                 lambda: self.core.status(now()) if self.core else None, token=web_token_value)
-            await self.web.start()
-        # --- end web dashboard ---
         discovery.write(self.data_dir, url=self.nats_url, embedded=self.embedded is not None,
                         instance_id=self.instance_id, started_at=self.started_at, prefix=self.config.bus.prefix)
         log.info("autopilot up on %s, data in %s (instance %s, pid %d; the CLI finds it with --data-dir %s)",
