@@ -3,14 +3,18 @@
 An embedded nats-server, the autopilot service and a simulated VVTV in one
 process, over a few simulated days with canaries seconds long: a better
 proposal that is deployed, a harmful one that is rolled back, a day without
-a proposal, and a canary cut short by a critical alert. Prints a table.
+a proposal, and a canary cut short by a critical alert. Prints each day as it
+ends, and keeps its data in a folder it names at the end, with the commands to
+inspect it (``history``, ``report``, ``replay`` with ``--data-dir``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,10 +62,8 @@ def _demo_config(config: Config, data_dir: Path) -> Config:
 
 
 async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, data_dir: Path | None = None) -> int:
-    tmp = None
-    if data_dir is None and config.storage.data_dir == Path("./autopilot-data"):
-        tmp = tempfile.TemporaryDirectory(prefix="vvtv-demo-")
-        data_dir = Path(tmp.name)
+    if data_dir is None:  # a new folder, kept: the demo ends with the commands to inspect it
+        data_dir = Path(tempfile.mkdtemp(prefix="vvtv-demo-"))
     config = _demo_config(config, data_dir or Path(config.storage.data_dir))
     service = Service(config)
     ended: asyncio.Queue = asyncio.Queue()
@@ -86,6 +88,11 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
     sim.live = _params(service, config)
     await sim.start()
     rows: list[dict[str, Any]] = []
+    if not as_json:
+        print(f"demo: {cycles} simulated day(s), canaries of {DEMO_OVERRIDES['canary_duration_minutes'] * 60:.0f} s; "
+              f"data in {data_dir}\n")
+        print(f"{'day':<4}{'scenario':<27}{'change':<32}{'outcome':<11}{'secs':>5}")
+        sys.stdout.flush()
     try:
         for day, (label, changes, trouble) in enumerate((SCENARIOS * 5)[:cycles], start=1):
             body: dict[str, Any] = {"actor": "demo", "reason": f"day {day}: {label}"}
@@ -96,6 +103,8 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
             reply = await _request(service, verb, body)
             if not reply.get("ok"):
                 rows.append({"day": day, "scenario": label, "cycle_id": None, "outcome": "refused", "why": reply.get("error")})
+                if not as_json:
+                    _print_row(rows[-1])
                 continue
             cycle_id = reply["cycle_id"]
             if trouble == "alert":
@@ -112,26 +121,21 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
                          "path": " > ".join(paths.get(cycle_id, [])),
                          "change": proposed.get(cycle_id, "-"), "seconds": round(time.monotonic() - t0, 1),
                          "why": _why(service, cycle_id, detail)})
-        triage = await _request(service, "triage", {"actor": "demo", "reason": "end of the demo"})
+            if not as_json:
+                _print_row(rows[-1])
+        triage = await _request(service, "triage", {"actor": "demo", "reason": "end of the demo", "run": True})
     finally:
         await sim.stop()
         drift = await service.store.drift_events(10)
         counters = await service.store.counters()
         card = service.card.history.current_card()
         await service.stop()
-        if tmp is not None:
-            tmp.cleanup()
-    result = {"cycles": rows, "card": card, "counters": counters, "seconds": round(time.monotonic() - started, 1),
+    result = {"data_dir": str(data_dir), "cycles": rows, "card": card, "counters": counters, "seconds": round(time.monotonic() - started, 1),
               "metric_batches_published": sim.published, "drift_events": drift, "triage": triage}
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{'day':<4}{'scenario':<27}{'change':<32}{'outcome':<11}{'secs':>5}  why")
-        for r in rows:
-            print(f"{r['day']:<4}{r['scenario']:<27}{r.get('change', '-'):<32}{r['outcome']:<11}{r.get('seconds', 0):>5}  "
-                  f"{r.get('why') or ''}")
-            if r.get("path"):
-                print(f"{'':<4}{'':<27}{r['path']}")
+        print()
         for e in drift:
             print(f"drift monitor: {e['event_type']} -> {e['action_taken']}")
         if triage.get("ok"):
@@ -140,6 +144,12 @@ async def run_demo(config: Config, *, cycles: int = 4, as_json: bool = False, da
         print(f"\nfinal card: {json.dumps(card, sort_keys=True)}")
         print(f"metric batches published: {sim.published}; store counters: {json.dumps(counters, sort_keys=True)}")
         print(f"demo took {result['seconds']} s")
+        first = next((r["cycle_id"] for r in rows if r.get("cycle_id")), None)
+        print(f"\nthe demo's data is kept in {data_dir}; inspect it with:")
+        print(f"  vvtv-autopilot history --data-dir {data_dir}")
+        if first:
+            print(f"  vvtv-autopilot report {first} --data-dir {data_dir}")
+            print(f"  vvtv-autopilot replay {first} --data-dir {data_dir}")
     ok = any(r["outcome"] == "Deployed" for r in rows) and any(r["outcome"] == "RolledBack" for r in rows)
     return 0 if ok or cycles < 2 else 1
 
@@ -148,11 +158,21 @@ def _params(service: Service, config: Config) -> dict[str, float]:
     return {k: float(v) for k, v in parameter_values(service.core.state.card, list(config.parameters)).items()}
 
 
+def _print_row(r: dict[str, Any]) -> None:
+    """One day, printed as it ends; the reason in full, wrapped (never cut mid-number)."""
+    print(f"{r['day']:<4}{r['scenario']:<27}{r.get('change', '-'):<32}{r['outcome']:<11}{r.get('seconds', 0):>5}")
+    if r.get("path"):
+        print(f"{'':<4}{r['path']}")
+    if r.get("why"):
+        print(textwrap.fill(f"why: {r['why']}", width=100, initial_indent=" " * 4, subsequent_indent=" " * 9))
+    sys.stdout.flush()
+
+
 def _why(service: Service, cycle_id: str, detail: dict[str, Any]) -> str:
     if "reason" in detail:
-        return str(detail["reason"])[:90]
+        return str(detail["reason"])
     gate = (service.core.cycle.data.gate or {}) if service.core.cycle and service.core.cycle.data.cycle_id == cycle_id else {}
-    return str(gate.get("reason", ""))[:90]
+    return str(gate.get("reason", ""))
 
 
 async def _request(service: Service, verb: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..schemas.config import Config
 from .atomicfile import atomic_write_bytes
 
 FILENAME = "service.json"
@@ -69,3 +70,19 @@ def stale(info: dict[str, Any]) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def bus_url(config: Config) -> tuple[str | None, str]:
+    """The bus URL and where it came from: flag/env/config (``bus.url``), else the data folder's file."""
+    if config.bus.url:
+        return config.bus.url, "--nats-url / NATS_URL / bus.url"
+    info = read(Path(config.storage.data_dir))
+    if info is None:
+        return None, f"no running service in {Path(config.storage.data_dir).resolve()} (no service.json)"
+    if stale(info):
+        return None, (f"the service that wrote {path_for(Path(config.storage.data_dir))} (pid {info.get('pid')}) "
+                      "is no longer running")
+    if not info.get("url"):
+        return None, (f"the service in {config.storage.data_dir} uses a bus whose URL holds credentials; "
+                      "pass --nats-url or set NATS_URL")
+    return info["url"], f"{path_for(Path(config.storage.data_dir))}"

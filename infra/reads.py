@@ -71,6 +71,8 @@ async def history(store: Store, hist: ParameterHistory | None, *, limit: int = 2
     for r in rows:
         t = last.get(r["cycle_id"])
         r["why"] = None if t is None else transition_reason(t["to"], t["trigger"], t["detail"])
+        if t is not None and t["trigger"] == "deployed" and r.get("gate_reason"):
+            r["why"] = f"{r['gate_reason']}; VVTV runs it live"
     return rows
 
 

@@ -96,6 +96,7 @@ class Service:
         self.pending_replies = reads.PendingReplies()
         self.dead_letters = DeadLetterLog()
         self.listeners += [StoryLog().on_step, self.pending_replies.on_step]
+        self._waiting: set[asyncio.Task] = set()   # replies waiting for VVTV's answer
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -284,10 +285,11 @@ class Service:
                 inbound = Inbound(key=f"ctl:{uuid.uuid4().hex}", subject=msg.subject, at=utcnow(), event=event)
                 steps = await self._process([inbound])
                 reply = steps[0].reply if steps else None
-                if reply and reply.get("pending_apply"):  # override / rollback: the answer is VVTV's
-                    reply = await self.pending_replies.wait(reply, self.config.autopilot.apply_timeout_seconds + 5)
-                    if reply.get("applied") and self.relay is not None:
-                        await self.relay.publish_pending()  # the card is on disk when the reply says applied
+                if reply and reply.get("pending_apply"):  # override / rollback: the answer is VVTV's,
+                    task = asyncio.create_task(self._reply_after_vvtv(msg, reply))  # awaited beside this
+                    self._waiting.add(task)                                        # callback, so other
+                    task.add_done_callback(self._waiting.discard)                  # requests go on
+                    return
         except MessageError as exc:
             await self.store.add_counter("refused_requests")
             state = self.core.mode(now()) if self.core else "Unknown"
@@ -295,6 +297,18 @@ class Service:
         except Exception as exc:  # never leave an operator without an answer
             log.exception("control %s failed", verb)
             reply = {"ok": False, "error": f"internal error: {exc}", "state": "Unknown", "cycle_id": None}
+        if msg.reply:
+            await msg.respond(_enc.encode(reply))
+
+    async def _reply_after_vvtv(self, msg, first: dict[str, Any]) -> None:
+        """An override's or a rollback's reply, once VVTV answered (or the timeout passed)."""
+        try:
+            reply = await self.pending_replies.wait(first, self.config.autopilot.apply_timeout_seconds + 5)
+            if reply.get("applied") and self.relay is not None:
+                await self.relay.publish_pending()  # the card is on disk when the reply says applied
+        except Exception as exc:  # never leave an operator without an answer
+            log.exception("waiting for VVTV's answer failed")
+            reply = {**first, "ok": False, "error": f"internal error: {exc}"}
         if msg.reply:
             await msg.respond(_enc.encode(reply))
 

@@ -369,7 +369,8 @@ class Store:
             out.append({"cycle_id": r[0], "started_at": r[1], "completed_at": r[2], "status": r[3],
                         "outcome": result.get("state"), "changes": json.loads(r[4]) if r[4] else [],
                         "version_id": result.get("version_id"),
-                        "gate": (result.get("gate") or {}).get("recommendation"), "error": r[6]})
+                        "gate": (result.get("gate") or {}).get("recommendation"), "error": r[6],
+                        "gate_reason": (result.get("gate") or {}).get("reason")})
         return out
 
     async def cycle_start(self, cycle_id: str) -> CycleStart | None:

@@ -137,7 +137,10 @@ class ProposeCmd(_Command, frozen=True, kw_only=True):
 
 
 class TriageCmd(_Command, frozen=True, kw_only=True):
-    """Extension: run the incident triage now (it also runs weekly)."""
+    """Extension: run the incident triage now (it also runs weekly). On ``ctl.triage`` a body
+    without ``run: true`` is a read of the reports (contract v1.1 §7); ``cmd.triage`` always runs."""
+
+    run: bool = True
 
 
 class PromoteCmd(_Command, frozen=True, kw_only=True):

@@ -59,7 +59,7 @@ async def test_the_weekly_triage_files_its_issue_once_and_comments_the_next_week
     monkeypatch.setenv(TOKEN_ENV, gh.token)
     service = await service_factory(golden={"timeout_seconds": 0.5}, incident_triage=triage_cfg(gh))
     await failed_cycle(client, events)
-    reply = await ctl(client, "triage", {"actor": "test"})
+    reply = await ctl(client, "triage", {"actor": "test", "run": True})
     assert reply["ok"] and reply["patch_suggestions"] == 1
     report_id = reply["report_id"]
 
@@ -93,7 +93,7 @@ async def test_the_weekly_triage_files_its_issue_once_and_comments_the_next_week
     assert len(gh.posts()) == 1 and len(gh.issues) == 1
 
     # the next triage, same parameter and category: a comment on the open issue, not a twin
-    second = (await ctl(client, "triage", {"actor": "test"}))["report_id"]
+    second = (await ctl(client, "triage", {"actor": "test", "run": True}))["report_id"]
     row2 = await wait_for(lambda: filed(second), what="the second report's comment")
     assert row2["github_issues"][0]["action"] == "commented" and row2["github_issues"][0]["number"] == 1
     assert len(gh.issues) == 1 and len(gh.comments()) == 1
@@ -114,7 +114,7 @@ async def test_with_the_switch_off_drafts_are_kept_and_nothing_is_sent(service_f
     monkeypatch.setenv(TOKEN_ENV, gh.token)
     service = await service_factory(golden={"timeout_seconds": 0.5}, incident_triage=triage_cfg(gh, enabled=False))
     await failed_cycle(client, events)
-    report_id = (await ctl(client, "triage", {"actor": "test"}))["report_id"]
+    report_id = (await ctl(client, "triage", {"actor": "test", "run": True}))["report_id"]
     row = await wait_for(lambda: report_row(service.store, report_id), what="the report")
     (draft,) = row["github_issues"]
     assert draft["created"] is False and draft["action"] is None and PARAM in draft["title"]
@@ -128,7 +128,7 @@ async def test_a_bad_token_raises_one_alert_and_does_not_loop(service_factory, c
     monkeypatch.setenv(TOKEN_ENV, wrong)
     service = await service_factory(golden={"timeout_seconds": 0.5}, incident_triage=triage_cfg(gh))
     await failed_cycle(client, events)
-    report_id = (await ctl(client, "triage", {"actor": "test"}))["report_id"]
+    report_id = (await ctl(client, "triage", {"actor": "test", "run": True}))["report_id"]
 
     def alerts():
         return [a for a in events.of("evt.alert") if a.get("kind") == "github_issues_failed"]
@@ -205,7 +205,7 @@ async def test_sigkill_between_commit_and_send_then_restart_files_exactly_one_is
             return status and status["state"] == "Idle" and (status.get("last_cycle") or {}).get("cycle_id") == cycle_id
 
         await wait_for(idle, what="the failed cycle to end")
-        msg = await nc.request("vvtv.autopilot.ctl.triage", json.dumps({"actor": "test"}).encode(), timeout=WAIT)
+        msg = await nc.request("vvtv.autopilot.ctl.triage", json.dumps({"actor": "test", "run": True}).encode(), timeout=WAIT)
         report_id = json.loads(msg.data)["report_id"]
         await wait_for(lambda: killed, what=f"the service to reach GitHub's {kill_at} and be killed")
         assert proc.wait(timeout=30) == -signal.SIGKILL

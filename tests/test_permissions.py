@@ -28,7 +28,8 @@ from vvtv_autopilot.infra.service import Service
 from vvtv_autopilot.infra.simulator import SimulatedVVTV
 
 CONF = Path(__file__).resolve().parent.parent / "infra" / "nats-permissions.conf"
-PASSWORDS = {"autopilot": "example-autopilot-password", "operator": "example-operator-password", "vvtv": "example-vvtv-password"}
+PASSWORDS = {"autopilot": "example-autopilot-password", "operator": "example-operator-password", "vvtv": "example-vvtv-password",
+             "viewer": "example-viewer-password"}
 INBOX = {user: f"_INBOX_{user}" for user in PASSWORDS}  # each user's own inbox prefix, as the config asks
 _LISTEN = re.compile(r"Listening for client connections on ([0-9.]+):(\d+)")
 WAIT = 20.0  # generous: two shared cores, other tests running
@@ -307,8 +308,27 @@ async def test_the_service_runs_a_cycle_as_user_autopilot_under_the_example_perm
         assert cli.returncode == 0, err.decode()
         assert json.loads(out)["card_version"] == service.card.history.current_version_id()
 
+        # The console's reads over the bus, from "another host" (no data folder): the operator and the
+        # read-only viewer may read the report; the viewer may not change anything.
+        async def as_user(user: str, *args: str) -> tuple[int, str, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "vvtv_autopilot.infra.cli", *args, "--nats-url", url_of[user],
+                "--inbox-prefix", INBOX[user], "--timeout", "5", "--data-dir", str(tmp_path / "elsewhere"),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            o, e = await asyncio.wait_for(proc.communicate(), timeout=WAIT + 30)
+            return proc.returncode, o.decode(), e.decode()
+
+        for user in ("operator", "viewer"):
+            code, text, errs = await as_user(user, "report", started["cycle_id"])
+            assert code == 0 and "gate: PROCEED" in text, (user, text, errs)
+            code, text, errs = await as_user(user, "history")
+            assert code == 0 and started["cycle_id"] in text, (user, text, errs)
+        code, text, errs = await as_user("viewer", "pause", "--actor", "viewer")
+        assert code == 3 and "read from the store" not in errs, (text, errs)  # refused by the server: no answer
+
         assert vvtv.errors == operator.errors == []
-        assert not [r.getMessage() for r in caplog.records if "violation" in r.getMessage().lower()]
+        assert not [r.getMessage() for r in caplog.records if "violation" in r.getMessage().lower()
+                    and "viewer" not in r.getMessage()]
     finally:
         if sim is not None:
             await sim.stop()

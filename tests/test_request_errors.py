@@ -111,7 +111,8 @@ async def test_a_bug_in_the_rollback_is_an_internal_error_not_a_refusal(service_
     def broken(version_id, **kw):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(service.card, "rollback_to", broken)
+    # the target is read and verified before VVTV is asked (the card is written only after it applied)
+    monkeypatch.setattr(service.card.history, "load_card", broken)
     with caplog.at_level(logging.ERROR, logger="vvtv_autopilot.service"):
         reply = await ctl(client, "rollback", {"actor": "ops", "version_id": vid})
     assert reply["ok"] is False and reply["error"] == "internal error: a bug"
@@ -120,6 +121,6 @@ async def test_a_bug_in_the_rollback_is_an_internal_error_not_a_refusal(service_
     def disk_refuses(version_id, **kw):
         raise PermissionError(13, "Permission denied", str(service.card.history.card_path))
 
-    monkeypatch.setattr(service.card, "rollback_to", disk_refuses)
+    monkeypatch.setattr(service.card.history, "load_card", disk_refuses)
     reply = await ctl(client, "rollback", {"actor": "ops", "version_id": vid})
     assert reply["ok"] is False and "Permission denied" in reply["error"] and "internal error" not in reply["error"]
