@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import sqlite3
 import statistics
+import tempfile
 import sys
 import time
 from datetime import timedelta
@@ -130,7 +131,8 @@ async def main() -> int:
     args = ap.parse_args()
     print(f"$ python bench/bench_web.py --cycles {args.cycles} --simulated {args.simulated} --seed {args.seed} "
           f"--repeat {args.repeat}", flush=True)
-    folder = args.store or Path(__import__("tempfile").mkdtemp(prefix="bench-web-"))
+    scratch = None if args.store else tempfile.TemporaryDirectory(prefix="bench-web-")
+    folder = args.store or Path(scratch.name)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "autopilot.db"
     world = SimWorld(seed=args.seed) if path.exists() else await fill(path, args.cycles, args.seed, args.simulated)
@@ -170,6 +172,8 @@ async def main() -> int:
             print(f"{name:<40}{cold:>9.1f}{med:>11.1f}{worst:>9.1f}{size:>10,}")
     finally:
         await web.stop()
+        if scratch is not None:
+            scratch.cleanup()
     return 0
 
 
