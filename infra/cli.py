@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
               [config, logfmt], epilog="")
     run.add_argument("--nats-url", metavar="URL", help="NATS server URL (default: $NATS_URL, else embedded)")
     run.add_argument("--data-dir", type=Path, metavar="DIR", help="data folder: store, history, card, embedded server")
+    # --- web dashboard (issue #11) ---
+    run.add_argument("--http", metavar="HOST:PORT", help="serve the read-only dashboard and /metrics there "
+                     "(web.listen; loopback unless $VVTV_AUTOPILOT_WEB_TOKEN is set)")
+    # --- end web dashboard ---
     demo = add("demo", "embedded NATS + simulated VVTV + autopilot, several days",
                "Run the service against a simulated VVTV over a few simulated days with seconds-long canaries. "
                "Prints each day as it ends and keeps its data in a folder it names at the end, with the "
@@ -185,7 +189,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--reason", help="why (with --run)")
     rp = read("replay", "replay a cycle from its recorded events and compare",
               "Feed a cycle's recorded events through a fresh core and compare every transition with the log.")
-    rp.add_argument("cycle_id", metavar="CYCLE_ID", help="a cycle id or a unique prefix of one")
+    # --- what-if replay, export, replay from a file (issue #11; infra/replay_cli.py) ---
+    rp.add_argument("cycle_id", metavar="CYCLE_ID", nargs="?", help="a cycle id or a unique prefix of one")
+    rp.add_argument("--what-if", type=Path, metavar="CONFIG", help="YAML whose keys override the recorded configuration")
+    rp.add_argument("--all", action="store_true", help="every stored cycle, summarized")
+    rp.add_argument("--export", type=Path, metavar="FILE", help="write the recorded cycle as JSON lines")
+    rp.add_argument("--from-file", type=Path, metavar="FILE", help="replay an exported cycle")
+    # --- end what-if replay ---
     return p
 
 
@@ -202,6 +212,8 @@ def _config(args: argparse.Namespace) -> Config:
         env["NATS_URL"] = args.nats_url
     if getattr(args, "data_dir", None):
         env["VVTV_AUTOPILOT_DATA_DIR"] = str(args.data_dir)
+    if getattr(args, "http", None):  # web dashboard (issue #11)
+        env["VVTV_AUTOPILOT__WEB__LISTEN"] = args.http
     return load_config(getattr(args, "config", None), env)
 
 
@@ -318,6 +330,10 @@ async def _main(args: argparse.Namespace) -> int:
                             f"suggestion(s) (`vvtv-autopilot triage` shows it)" if reply.get("ok")
                else f"refused: {reply.get('error')}")
         return EXIT_OK if reply.get("ok") else EXIT_REFUSED
+    if args.command == "replay" and (args.what_if or args.all or args.export or args.from_file or not args.cycle_id):
+        from . import replay_cli  # what-if, export, from a file (issue #11)
+
+        return await replay_cli.replay(config, args)
     if args.command in READS:
         from . import review
 

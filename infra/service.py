@@ -41,6 +41,7 @@ from .leader import Replication
 from .natsserver import EmbeddedNats
 from .store import CycleStart, Store
 from .telemetry import Telemetry
+from .web import WebServer, web_token
 
 log = logging.getLogger("vvtv_autopilot.service")
 
@@ -89,6 +90,7 @@ class Service:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.listeners: list[Callable[[Step], Awaitable[None] | None]] = []
+        self.web: WebServer | None = None   # web dashboard (issue #11)
         # --- the operator's console (infra/logs.py, reads.py, discovery.py) ---
         self.instance_id = uuid.uuid4().hex[:12]
         self.started_at: str | None = None
@@ -104,6 +106,9 @@ class Service:
     async def start(self) -> None:
         """Returns once this replica leads (timers armed, its Boot stepped) or stands by
         behind another leader, tailing the journal (README, "Deployment: replicas")."""
+        # --- web dashboard (issue #11): refuse a non-loopback bind without credentials first ---
+        web_token_value = web_token(self.config) if self.config.web.listen else None
+        # --- end web dashboard ---
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.nats_url is None:
             self.embedded = EmbeddedNats(self.data_dir / "nats")
@@ -116,6 +121,12 @@ class Service:
         await self.ha.prepare()   # a new or far-behind replica starts from the latest snapshot
         self.store = await Store.open(self.data_dir / "autopilot.db")
         await self._reload_core()
+        # --- web dashboard (issue #11): served on this loop, read-only; the store first (a snapshot may restore it) ---
+        if self.config.web.listen:
+            self.web = WebServer(self.config, self.data_dir / "autopilot.db",
+                                 lambda: self.core.status(now()) if self.core else None, token=web_token_value)
+            await self.web.start()
+        # --- end web dashboard ---
         await self.ha.start()     # leader (Boot stepped) or a standby behind one: only then answer ctl
         await self.nc.subscribe(self.subjects.ctl(), cb=self._on_ctl)
         await busmod.barrier(self.nc)  # start() returned => control requests find their responder
@@ -172,6 +183,9 @@ class Service:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.web is not None:  # web dashboard (issue #11)
+            await self.web.stop()
+            self.web = None
         discovery.remove(self.data_dir, self.instance_id)
         self.dead_letters.flush()
         if self.ha is not None:

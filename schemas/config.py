@@ -335,6 +335,37 @@ class TelemetryConfig(_Strict):
     otlp_endpoint: str | None = None
 
 
+# --- web dashboard (issue #11) ------------------------------------------------------------
+
+
+_LISTEN_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+
+
+class WebConfig(_Strict):
+    """``run --http HOST:PORT`` / ``web.listen``: the read-only dashboard and ``/metrics``.
+    Loopback only unless credentials are set: the token is read from the environment
+    variable ``token_env`` (never from the file), sent as ``Authorization: Bearer`` or as
+    the password of HTTP basic auth for ``basic_auth_user``."""
+
+    listen: str | None = None                      # HOST:PORT; None: no web server
+    token_env: str = "VVTV_AUTOPILOT_WEB_TOKEN"
+    basic_auth_user: str = "operator"
+    refresh_seconds: float = Field(2.0, gt=0, le=300)   # how often the open page refreshes its live parts
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        m = _LISTEN_RE.match(value)
+        if not m or int(m.group(2)) > 65535:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8080 (port 0: any free port)")
+        return value
+
+
+# --- end web dashboard -----------------------------------------------------------------------
+
+
 def _default_parameters() -> dict[str, ParameterSpec]:
     return {"selection.diversity_weight": ParameterSpec(min=0.1, max=0.6)}
 
@@ -355,6 +386,7 @@ class Config(_Strict):
     kpis: dict[str, KpiSpec] = Field(default_factory=_default_kpis)
     golden: GoldenConfig = GoldenConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    web: WebConfig = WebConfig()
 
     @field_validator("parameters")
     @classmethod

@@ -8,7 +8,7 @@ else from the world. A cycle restored from its snapshot gets its machine with
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -17,7 +17,7 @@ from transitions import Machine, MachineError
 from ..handlers import card as cards
 from ..handlers.bounds import BoundsCheck, ClampMode
 from ..handlers.changes import manual_change
-from ..handlers.gate import evaluate_gate
+from ..handlers.gate import GateDecision, evaluate_gate
 from ..handlers.golden import GoldenSet, evaluate_golden
 from ..handlers.optimizer import Proposal
 from ..handlers.stats import RunningStats
@@ -333,17 +333,8 @@ class Cycle:
         if self.state != "Canary":
             return
         d = self.data
-        cfg = self.config.autopilot
         window = self.canary_minutes * 60.0
-        # Information time against the original window: > 1 after an extension,
-        # which keeps the mixture test's guarantee (bench/GATE.md).
-        elapsed = (step.now - parse_time(d.canary_started_at or step.at)).total_seconds() / window
-        decision = evaluate_gate(
-            self.config.kpis, d.control, d.canary,
-            confidence=cfg.statistical_confidence_threshold, min_samples=cfg.min_samples_per_arm, final=final,
-            traffic_fraction=cfg.canary_traffic_percentage, elapsed_fraction=max(elapsed, 1e-6),
-            inconclusive_action="rollback" if d.extended else cfg.inconclusive_action,
-        )
+        decision = self.gate_decision(step.now, final=final)
         if decision.action == "continue":
             self._arm_check(step)
             return
@@ -360,6 +351,21 @@ class Cycle:
         if decision.action == "rollback" and recommendation == "proceed":  # never deploy on a rollback action
             recommendation = "rollback"
         self.judge(step, recommendation, explanation, rule="deadline" if final else "early stop")
+
+    def gate_decision(self, now: datetime, *, final: bool) -> GateDecision:
+        """The gate's decision on the canary's data at ``now`` (a look), without acting on it:
+        what :meth:`evaluate` decides, and what incident review shows look by look."""
+        d = self.data
+        cfg = self.config.autopilot
+        # Information time against the original window: > 1 after an extension,
+        # which keeps the mixture test's guarantee (bench/GATE.md).
+        elapsed = (now - parse_time(d.canary_started_at or rfc3339(now))).total_seconds() / (self.canary_minutes * 60.0)
+        return evaluate_gate(
+            self.config.kpis, d.control, d.canary,
+            confidence=cfg.statistical_confidence_threshold, min_samples=cfg.min_samples_per_arm, final=final,
+            traffic_fraction=cfg.canary_traffic_percentage, elapsed_fraction=max(elapsed, 1e-6),
+            inconclusive_action="rollback" if d.extended else cfg.inconclusive_action,
+        )
 
     def judge(self, step: Step, recommendation: str, explanation: dict[str, Any], *, rule: str) -> None:
         """Canary -> Gated, then the decision's consequence."""

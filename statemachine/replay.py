@@ -20,6 +20,7 @@ from ..schemas.messages import parse_time
 from ..schemas.events import (ApplyResult, Effect, GoldenResult, Inbound, RecordedCycle, TimerEvent,
                               TransitionRecord)
 from .autopilot import Autopilot, AutopilotState
+from ..schemas.messages import parse_time
 from .definition import TERMINAL
 
 
@@ -245,3 +246,71 @@ def _differences(recorded: list[TransitionRecord], replayed: list[TransitionReco
         if moved:
             out.append(StepDifference(i + 1, da, db, "differs in " + ", ".join(moved)))
     return out
+
+
+# --- the gate's looks: every check of a canary, re-derived by exact replay -----------------------
+
+
+class Look(msgspec.Struct, frozen=True):
+    """One look of the gate at a running canary: the decision it took (``continue`` included).
+
+    Only the deciding look is recorded (the ``Gated`` or ``extend`` transition); the others
+    are re-derived by replaying the cycle, which reproduces every look exactly."""
+
+    n: int                       # 1, 2, ... in the cycle
+    at: str
+    final: bool                  # the deadline's look
+    action: str                  # continue | proceed | rollback | extend | inconclusive
+    decision: dict[str, Any]     # the GateDecision as builtins (per KPI lift, interval, p-values)
+
+
+class LookReplay:
+    """Feeds a cycle's recorded inbox through a fresh core, incrementally, and collects the
+    gate's decision at every look (a check or the deadline that the core evaluates)."""
+
+    def __init__(self, config: Config, state_before: bytes, cycle_id: str, *, golden: GoldenSet | None = None):
+        self.cycle_id = cycle_id
+        self.core = Autopilot(config, msgspec.json.decode(state_before, type=AutopilotState), golden=golden)
+        self.looks: list[Look] = []
+        self.transitions: list[TransitionRecord] = []
+        self.done = False
+
+    def feed(self, inbounds: Iterable[Inbound]) -> list[Look]:
+        """Step the core through ``inbounds``; the new looks (nothing after the cycle ended)."""
+        new: list[Look] = []
+        for ib in inbounds:
+            if self.done:
+                break
+            look = self._look_at(ib)
+            step = self.core.handle(ib)
+            self.transitions.extend(t for t in step.transitions if t.cycle_id == self.cycle_id)
+            if look is not None:
+                self.looks.append(look)
+                new.append(look)
+            self.done = bool(self.transitions) and self.transitions[-1].to in TERMINAL
+        return new
+
+    def _look_at(self, ib: Inbound) -> Look | None:
+        ev = ib.event
+        cycle = self.core.running()
+        if (not isinstance(ev, TimerEvent) or cycle is None or cycle.state != "Canary"
+                or ev.cycle_id != self.cycle_id or cycle.data.cycle_id != self.cycle_id):
+            return None
+        if ev.kind == "check":
+            final = False
+        elif ev.kind == "deadline" and ev.token is not None and ev.token == cycle.data.deadline:
+            final = True
+        else:
+            return None
+        decision = cycle.gate_decision(parse_time(ib.at), final=final)
+        return Look(n=len(self.looks) + 1, at=ib.at, final=final, action=decision.action,
+                    decision=msgspec.to_builtins(decision))
+
+
+def gate_looks(rec: RecordedCycle, *, config: Config | None = None) -> list[Look]:
+    """Every look of a recorded cycle's canary, by exact replay (under its own configuration)."""
+    cfg = config or Config.model_validate_json(rec.config)
+    golden = None if rec.golden is None else msgspec.json.decode(rec.golden, type=GoldenSet)
+    replay = LookReplay(cfg, rec.state_before.encode(), rec.cycle_id, golden=golden)
+    replay.feed(rec.inbounds)
+    return replay.looks

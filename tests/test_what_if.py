@@ -100,3 +100,15 @@ def test_a_stricter_confidence_turns_a_recorded_proceed_into_a_rollback_where_th
     summary = summarize_what_ifs(results)
     assert summary["changed"] == {"Deployed -> RolledBack": len(flipped)}
     assert f"{len(flipped)} of {len(deployed)} Deployed cycles would have ended RolledBack" in summary["summary"]
+
+
+def test_replay_reproduces_every_look_and_the_deciding_one_is_the_recorded_decision(world: SimWorld):
+    from vvtv_autopilot.statemachine.replay import gate_looks
+
+    for c in deployed_and_rolled_back(world)[:4]:
+        looks = gate_looks(record(world, c))
+        judge = next(t for t in c.transitions if t.trigger == "judge")
+        assert looks and all(look.action == "continue" for look in looks[:-1]), c.cycle_id
+        assert looks[-1].at == judge.at
+        plain = lambda v: msgspec.json.decode(msgspec.json.encode(v))  # noqa: E731 (tuples read back as lists)
+        assert plain(looks[-1].decision) == plain(judge.detail["decision"])
