@@ -509,6 +509,12 @@ async def test_a_rolling_update_during_a_canary_has_no_gap_and_no_double_action(
         await wait_for(lambda: new.ha.is_leader, timeout=TTL + 20, what="the new replica to lead")
         await wait_for(lambda: new.core.state.last_cycle and new.core.state.last_cycle["cycle_id"] == cycle_id,
                        what="the cycle to end under the new leader")
+
+        async def ended_in_store():   # the core's state changes before its transaction commits
+            records = await new.store.transitions(cycle_id)
+            return bool(records) and records[-1].to in ("Deployed", "RolledBack", "Failed")
+
+        await wait_for(ended_in_store, what="the cycle's end committed in the new leader's store")
         assert len(spy.ids(cycle_id, "canary")) == 1 and len(spy.ids(cycle_id, "live")) <= 1
         looks = new.ha.last_gate_look
         assert looks is not None and looks["cycle_id"] == cycle_id
