@@ -155,8 +155,7 @@ def test_sample_ratio_mismatch_is_inconclusive_and_never_extended():
 
 def test_holm_across_kpis():
     # harm at alpha alone, not at alpha/3 (Holm's first step), yes at alpha/2 (its second)
-    n_c, n_k, z = 4800, 1200, 3.0
-    se = math.sqrt(1 / n_c + 1 / n_k)
+    n_c, n_k = 4800, 1200
 
     def harm_at(p_target):
         lo, hi = 0.0, 0.5
@@ -177,7 +176,6 @@ def test_holm_across_kpis():
     both = gate(kpis, c, {"k0": arm(n_k, 1.0 - drop), "k1": arm(n_k, 0.7), "k2": arm(n_k, 1.0)}, final=True)
     assert both.recommendation == "rollback"
     assert [v.verdict for v in both.kpis][:2] == ["harm", "harm"]
-    assert se and z
 
 
 def test_arguments_are_checked():
