@@ -160,8 +160,8 @@ class Service:
             asyncio.create_task(self.relay.run(), name="relay"),
         ]
 
-    async def _unlead(self, *, reload: bool = True) -> None:
-        """Stop acting: consumers, relay and requests; the core goes back to the store's state."""
+    async def _cancel_tasks(self) -> None:
+        """Cancel the consumers, the relay and its requests; wait a bounded time for them."""
         tasks = self._tasks + (list(self.relay.requests) if self.relay else [])
         for task in tasks:
             task.cancel()
@@ -170,6 +170,10 @@ class Service:
         for task in pending:
             log.warning("task %s did not stop within 10 s", task.get_name())
         self._tasks = []
+
+    async def _unlead(self, *, reload: bool = True) -> None:
+        """Stop acting: consumers, relay and requests; the core goes back to the store's state."""
+        await self._cancel_tasks()
         for sub in self._subs:
             try:
                 await sub.unsubscribe()
@@ -190,13 +194,7 @@ class Service:
         self.dead_letters.flush()
         if self.ha is not None:
             await self.ha.stop()  # the leader flushes its outbox, stops acting and releases its lease
-        tasks = self._tasks + (list(self.relay.requests) if self.relay else [])
-        for task in tasks:
-            task.cancel()
-        _, pending = await asyncio.wait(tasks, timeout=10) if tasks else (set(), set())
-        for task in pending:
-            log.warning("task %s did not stop within 10 s", task.get_name())
-        self._tasks = []
+        await self._cancel_tasks()
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.close(), timeout=10)
