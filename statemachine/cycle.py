@@ -77,8 +77,8 @@ def underpowered_message(plan: dict[str, Any]) -> str:
             unit = "" if g.get("margin_kind") == "absolute" else " (relative)"
             fixes.append(f"margin {g['margin_for_power']:.3g}{unit} instead of {g.get('margin')}")
         if g.get("duration_for_power_minutes") is not None:
-            fixes.append(f"a {g['duration_for_power_minutes']:.0f}-minute canary")
-        parts.append(f"{g['kpi']}: power {what} < {target:.0f} % in {power.get('duration_minutes', 0):.0f} min"
+            fixes.append(f"a {g['duration_for_power_minutes']:.3g}-minute canary")
+        parts.append(f"{g['kpi']}: power {what} < {target:.0f} % in {power.get('duration_minutes', 0):.3g} min"
                      + (f"; would need {' or '.join(fixes)}" if fixes else ""))
     return (f"guardrail non-inferiority underpowered ({plan.get('action')}): " + "; ".join(parts)
             + f". {plan.get('reason', '')}").strip()
