@@ -206,9 +206,11 @@ def _explore_visible(analysis, usable, bounds, kpis, seed, rng, free, cur, range
                      mde: float) -> Proposal:
     """Exploration sized for the canary: with no model yet the effect of a step is unknown, and a
     step whose effect is below the canary's MDE teaches nothing, so one parameter (round robin)
-    moves ``visible_explore_fraction`` of the way to its range's edge: the way its last move
-    paid off (the other way after a loss), else towards the side with more room. Never onto the
-    edge (a value on its bound holds the bound's stable days), never beyond it."""
+    moves ``visible_explore_fraction`` of the way to its range's edge, but at most
+    ``max_explore_fraction`` of the hard span (a wide range is no licence for a leap past a
+    cliff): the way its last move paid off (the other way after a loss), else towards the side
+    with more room. Never onto the edge (a value on its bound holds the bound's stable days),
+    never beyond it."""
     weights = objective_weights(kpis)
     start = len(usable) % len(free)
     tried = []
@@ -231,8 +233,8 @@ def _explore_visible(analysis, usable, bounds, kpis, seed, rng, free, cur, range
             direction = max(room, key=lambda d: room[d])
         else:
             direction = 1.0 if rng.random() < 0.5 else -1.0
-        step = s.visible_explore_fraction * room[direction]
         span = bounds[name].hard_max - bounds[name].hard_min
+        step = min(s.visible_explore_fraction * room[direction], s.max_explore_fraction * span)
         new = _quantize(x + direction * step, lo, hi, span)
         if step < base or abs(new - cur[name]) < s.min_step_fraction * span:
             tried.append(f"{name} ({'+' if direction > 0 else '-'}: {room[direction]:.4g} of room)")
@@ -244,8 +246,9 @@ def _explore_visible(analysis, usable, bounds, kpis, seed, rng, free, cur, range
         return Proposal([change], point, impact, "exploration",
                         f"exploration sized for the canary's MDE of {100 * mde:.2g} % ({len(usable)} of "
                         f"{s.visible_min_history} outcomes needed for the model): {name} {cur[name]:.6g} -> {new:.6g} "
-                        f"({'+' if direction > 0 else '-'}{abs(new - cur[name]):.6g}, "
-                        f"{100 * s.visible_explore_fraction:.0f} % of the way to the range's edge)",
+                        f"({'+' if direction > 0 else '-'}{abs(new - cur[name]):.6g}: "
+                        f"{100 * s.visible_explore_fraction:.0f} % of the way to the range's edge, "
+                        f"at most {100 * s.max_explore_fraction:.0f} % of the hard span)",
                         seed, 1, 1)
     return Proposal([], cur, None, "none",
                     "no parameter has room for an exploration step the canary could see: " + ", ".join(tried), seed)

@@ -48,6 +48,7 @@ class OptimizerSettings(msgspec.Struct, frozen=True):
     # When the canary's MDE is known (``propose(min_detectable_gain=...)``):
     mde_fraction: float = 1.0             # the predicted score must reach this share of the MDE
     visible_explore_fraction: float = 0.9  # exploration steps go this share of the way to the range's edge
+    max_explore_fraction: float = 0.1     # ... but never more than this share of the hard span (a wide range is no licence for a leap)
     visible_min_history: int = 3          # outcomes before the GP is used (instead of min_history)
     idle_patience: int = 2                # after this many cycles in a row without a canary, a candidate
                                           # whose upper bound (not mean) reaches the MDE may be tried
