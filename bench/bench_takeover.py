@@ -32,34 +32,10 @@ from pathlib import Path
 
 import nats
 
-from vvtv_autopilot.infra.cluster import NatsCluster
+from vvtv_autopilot.infra.cluster import NatsCluster, statuses
 from vvtv_autopilot.infra.simulator import SimulatedVVTV
 
 PREFIX = "vvtv"
-
-
-async def statuses(nc, expect: int, timeout: float = 1.0) -> list[dict]:
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def on(msg):
-        if msg.data:
-            queue.put_nowait(json.loads(msg.data))
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on)
-    await nc.flush()
-    await nc.publish(f"{PREFIX}.autopilot.ctl.status", b"{}", reply=inbox)
-    out, deadline = [], time.monotonic() + timeout
-    while len(out) < expect and time.monotonic() < deadline:
-        try:
-            out.append(await asyncio.wait_for(queue.get(), timeout=max(0.01, deadline - time.monotonic())))
-        except asyncio.TimeoutError:
-            break
-    try:
-        await sub.unsubscribe()
-    except Exception:
-        pass
-    return out
 
 
 async def until(predicate, timeout: float, what: str, poll: float = 0.05):
@@ -148,14 +124,14 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def _leader(nc, expect: int, newer_than: int | None = None) -> dict | None:
-    for s in await statuses(nc, expect):
+    for s in await statuses(nc, PREFIX, expect, timeout=1.0):
         if s.get("role") == "leader" and (newer_than is None or (s.get("epoch") or 0) > newer_than):
             return s
     return None
 
 
 async def _settled(nc) -> bool:
-    got = await statuses(nc, 2)
+    got = await statuses(nc, PREFIX, 2, timeout=1.0)
     seqs = [s["replication"]["journal_seq"] for s in got]
     return len(got) == 2 and sorted(s["role"] for s in got) == ["leader", "standby"] and max(seqs) - min(seqs) <= 20
 

@@ -11,8 +11,10 @@ rejoin and catch up.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
+import time
 from pathlib import Path
 
 import nats
@@ -117,4 +119,30 @@ async def stream_replicas_current(nc, stream: str) -> dict[str, dict]:
     for peer in cluster.replicas or []:
         out[peer.name] = {"current": bool(peer.current), "lag": int(peer.lag or 0), "leader": False,
                           "offline": bool(getattr(peer, "offline", False))}
+    return out
+
+
+async def statuses(nc, prefix: str, expect: int, timeout: float = 3.0) -> list[dict]:
+    """Every replica's answer to one ``ctl.status`` (up to ``expect`` of them, within ``timeout``):
+    a core request takes only the first answer, so this collects them on an inbox of its own."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def on(msg):
+        if msg.data:   # not the server's "no responders" status
+            queue.put_nowait(json.loads(msg.data))
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on)
+    await nc.flush()
+    await nc.publish(f"{prefix}.autopilot.ctl.status", b"{}", reply=inbox)
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < expect and time.monotonic() < deadline:
+        try:
+            out.append(await asyncio.wait_for(queue.get(), timeout=max(0.01, deadline - time.monotonic())))
+        except asyncio.TimeoutError:
+            break
+    try:
+        await sub.unsubscribe()
+    except Exception:  # the connection may be closing; the answers are in
+        pass
     return out

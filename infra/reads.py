@@ -86,12 +86,17 @@ async def triage(store: Store, *, limit: int = 3) -> Any:
         return {"reports": await store.triage_reports(limit), "drift_events": await store.drift_events(20)}
 
 
+async def _cycle_id(store: Store, cycle: str) -> str:
+    """The full id of ``cycle`` (a unique prefix is enough), or a refusal saying why not."""
+    try:
+        return await store.resolve_cycle(cycle)
+    except StoreError as exc:
+        raise ReadRefused(str(exc)) from None
+
+
 async def report(store: Store, cycle: str) -> dict[str, Any]:
     async with store.read_lock:
-        try:
-            cycle_id = await store.resolve_cycle(cycle)
-        except StoreError as exc:
-            raise ReadRefused(str(exc)) from None
+        cycle_id = await _cycle_id(store, cycle)
         row = await store.cycle_row(cycle_id)
         records = await store.transitions(cycle_id)
         snapshot = await store.cycle_snapshot(cycle_id)
@@ -101,10 +106,7 @@ async def report(store: Store, cycle: str) -> dict[str, Any]:
 
 async def replay(store: Store, cycle: str) -> dict[str, Any]:
     async with store.read_lock:
-        try:
-            cycle_id = await store.resolve_cycle(cycle)
-        except StoreError as exc:
-            raise ReadRefused(str(exc)) from None
+        cycle_id = await _cycle_id(store, cycle)
         start = await store.cycle_start(cycle_id)
         if start is None:
             raise ReadRefused(f"cycle {cycle_id} has no recorded start to replay from")

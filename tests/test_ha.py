@@ -22,7 +22,7 @@ import nats
 import pytest
 
 from conftest import WAIT, make_config, wait_for
-from vvtv_autopilot.infra.cluster import NatsCluster, stream_replicas_current
+from vvtv_autopilot.infra.cluster import NatsCluster, statuses, stream_replicas_current
 from vvtv_autopilot.infra.journal import Journal, LeaderEntry, StepsEntry, decode_entry
 from vvtv_autopilot.infra.leader import Lease, Replication
 from vvtv_autopilot.infra.natsserver import EmbeddedNats
@@ -99,31 +99,6 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
-
-
-async def statuses(nc, prefix: str, expect: int, timeout: float = 3.0) -> list[dict[str, Any]]:
-    """Every replica's answer to one ctl.status (up to ``expect`` of them)."""
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def on(msg):
-        if msg.data:   # not the server's "no responders" status
-            queue.put_nowait(json.loads(msg.data))
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on)
-    await nc.flush()
-    await nc.publish(f"{prefix}.autopilot.ctl.status", b"{}", reply=inbox)
-    out, deadline = [], time.monotonic() + timeout
-    while len(out) < expect and time.monotonic() < deadline:
-        try:
-            out.append(await asyncio.wait_for(queue.get(), timeout=max(0.01, deadline - time.monotonic())))
-        except asyncio.TimeoutError:
-            break
-    try:
-        await sub.unsubscribe()
-    except Exception:
-        pass
-    return out
 
 
 async def leader_of(nc, prefix: str, expect: int, not_instance: str | None = None) -> dict[str, Any] | None:
