@@ -65,3 +65,4 @@ class GateDecision(msgspec.Struct, frozen=True):
     fixed_look: bool = False                # this look ran the fixed-horizon tests
     p_improvement_sequential: float | None = None
     p_improvement_fixed: float | None = None
+    p_worse: float | None = None      # hybrid p of "the score is below zero" (compare with alpha; rule 2b)

@@ -47,8 +47,13 @@ Decision, in this order:
    arm counts against ``traffic_fraction``, as an anytime-valid p-value,
    p < ``srm_threshold``) -> ``inconclusive`` (``action="rollback"``: results
    that cannot be trusted are never extended);
-2. harm in any KPI, Holm step-down over the configured KPIs at alpha ->
-   ``rollback``;
+2. harm in any KPI -> ``rollback``; else shown worse: the weighted improvement
+   score significantly below zero (the improvement's test mirrored) -> ``rollback``.
+   Both are one Holm step-down family at alpha (each KPI's harm, and the score's
+   "below zero"), so a false rollback of either kind stays <= alpha. A candidate
+   the canary has shown to be worse is a conclusive "no", even when no KPI is past
+   its harm margin (a success metric's margin tolerates noise; it is no licence
+   to deploy a loss), and the anytime-valid test lets it stop the canary early;
 3. at the deadline, a critical KPI with fewer than ``min_samples`` in an arm ->
    ``rollback``; any other such KPI -> ``inconclusive`` naming it;
 4. every KPI has data and is non-inferior, and the weighted improvement score is
@@ -196,23 +201,14 @@ def evaluate_gate(
             k.ni, k.harm = exact(sp, good < 0.0), exact(sp, good >= 0.0)
             k.lo = k.hi = eff.estimate
 
-    # Holm step-down over all configured KPIs (a KPI without data never rejects).
-    n_kpis = len(work)
-    harmed: set[str] = set()
-    for i, k in enumerate(sorted((k for k in work if k.eff is not None), key=lambda k: k.p_harm)):
-        if k.p_harm <= alpha / (n_kpis - i):
-            harmed.add(k.name)
-        else:
-            break
-
     # Weighted improvement score over the KPIs with weight > 0 and a relative
     # (log-ratio) effect (a KPI whose mean is ~0 stays a guardrail only): the
     # weighted mean of good-signed log ratios. Its standard error is the bound
     # sd(sum w_i x_i) <= sum w_i sd(x_i) (Cauchy-Schwarz on the covariance),
     # exact for perfectly correlated KPIs and valid whatever their correlation.
     scored = [k for k in work if k.rel is not None and k.rel.mode == "relative" and k.spec.weight > 0]
-    score = score_lo = None
-    imp = _NONE
+    score = score_lo = score_hi = None
+    imp = worse = _NONE
     if scored:
         wsum = sum(k.spec.weight for k in scored)
         s_log = sum(k.spec.weight * k.g * k.rel.estimate for k in scored) / wsum
@@ -226,12 +222,30 @@ def evaluate_gate(
             return math.expm1(x) if up else -math.expm1(-x)
         score = shown(s_log)
         if se > 0.0:
-            imp = greater(sp, s_log / se, df)
+            imp, worse = greater(sp, s_log / se, df), greater(sp, -s_log / se, df)
             score_lo = shown(s_log - sp.half_width(se, df))
+            score_hi = shown(s_log + sp.half_width(se, df))
         else:
-            imp = exact(sp, s_log <= 0)
-            score_lo = score
+            imp, worse = exact(sp, s_log <= 0), exact(sp, s_log >= 0)
+            score_lo = score_hi = score
     p_imp = imp.p if scored else None
+    p_worse = worse.p if scored else None
+
+    # Holm step-down over every "the canary is worse" hypothesis: each configured KPI's harm
+    # (a KPI without data never rejects) and, with a score, the score below zero (rule 2b),
+    # so that a false rollback of either kind stays <= alpha family-wise.
+    family: list[tuple[float, str | None]] = [(k.p_harm, k.name) for k in work if k.eff is not None]
+    if p_worse is not None:
+        family.append((p_worse, None))          # None: the score
+    n_hyp = len(work) + (1 if scored else 0)
+    rejected: set[str | None] = set()
+    for i, (p, name) in enumerate(sorted(family, key=lambda e: e[0])):
+        if p <= alpha / (n_hyp - i):
+            rejected.add(name)
+        else:
+            break
+    harmed = {name for name in rejected if name is not None}
+    worse_shown = None in rejected
 
     verdicts = [_verdict(k, harmed, sp, min_n) for k in work]
     srm_ps = [(k.srm, k.name) for k in work if k.srm is not None]
@@ -251,7 +265,7 @@ def evaluate_gate(
             srm_p=srm_min[0] if srm_min else None, mixture_r=sp.r,
             alpha_sequential=sp.alpha_seq, alpha_fixed=sp.alpha_fix, fixed_look=sp.uses_fixed,
             p_improvement_sequential=imp.p_seq if scored else None,
-            p_improvement_fixed=imp.p_fix if scored else None, **kw)
+            p_improvement_fixed=imp.p_fix if scored else None, p_worse=p_worse, **kw)
 
     inconclusive_act: Action = "extend" if inconclusive_action == "extend" else "rollback"
     judged = _how(sp)
@@ -272,6 +286,18 @@ def evaluate_gate(
         return decision("rollback", f"harm beyond the margin in {names} (Holm at alpha={_fmt(alpha)}; {judged})",
                         min(k.p_harm for k in hk), "rollback",
                         degradation_pct=max(rel) if rel else None, improvement_pct=None)
+
+    # 2b. Shown worse: the weighted improvement score is significantly below zero. The
+    # candidate cannot be the improvement it was proposed as, even if no KPI is past its
+    # harm margin: a conclusive "no" (the same anytime-valid hybrid test as the improvement,
+    # mirrored, so it may stop the canary early), not an inconclusive canary.
+    if worse_shown:
+        return decision("rollback",
+                        f"shown worse: weighted improvement {100 * score:+.3g}% "
+                        f"(interval up to {100 * score_hi:+.3g}%) is below zero (p={p_worse:.2g}, Holm at "
+                        f"alpha={_fmt(alpha)}; {judged}); no KPI past its harm margin",
+                        p_worse, "rollback", improvement_pct=None,
+                        degradation_pct=-100.0 * score if score < 0 else None)
 
     missing = [k for k in work if k.eff is None]
     evidence = max([p_imp if p_imp is not None else 1.0] + [k.p_ni for k in work])

@@ -63,12 +63,24 @@ __all__ = [
     "propose_changes",
     "objective_weights",
     "kpi_sign",
+    "predicted_score_gain",
 ]
 
 
 def seed_from_cycle_id(cycle_id: str) -> int:
     """A 63-bit seed derived from the cycle id (stable across processes and versions)."""
     return int.from_bytes(hashlib.sha256(cycle_id.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def predicted_score_gain(proposal: Proposal, kpis) -> float | None:
+    """The improvement score the proposal predicts (the gate's weighted mean of the success
+    metrics' relative lifts, good direction), or None when it predicts none (exploration,
+    no model). The canary is planned for it (:func:`..power.plan_canary`)."""
+    impact = proposal.expected_impact
+    if proposal.method != "gp" or impact is None:
+        return None
+    wsum = sum(objective_weights(kpis).values())
+    return float(impact.objective_delta) / wsum if wsum > 0 else None
 
 
 def propose_changes(**kwargs) -> list[ParameterChange]:

@@ -49,7 +49,7 @@ from .gate import kpi_margin
 from .sequential import boundary, optimal_r
 from .stats import RunningStats
 
-__all__ = ["GuardrailPower", "PowerReport", "CanaryPlan", "canary_power", "plan_canary", "plan_canary_for",
+__all__ = ["GuardrailPower", "PowerReport", "CanaryPlan", "canary_power", "plan_canary", "plan_canary_for", "sizing_mde",
            "hybrid_power", "drift_for_power", "TARGET_POWER"]
 
 TARGET_POWER = 0.8
@@ -301,6 +301,8 @@ def plan_canary(
     max_duration_minutes: float | None = None,
     check_interval_minutes: float = 1.0,
     planned_extension: bool = False,
+    lengthen_for_score: bool = False,
+    expected_gain: float | None = None,
     **kw,
 ) -> CanaryPlan:
     """Apply the underpowered-guardrail policy to :func:`canary_power`'s report:
@@ -312,6 +314,13 @@ def plan_canary(
       ``max_duration_minutes`` (None: the planned duration, i.e. no lengthening);
       if even that is not enough, run for the maximum and say so. A guardrail
       that cannot be predicted (no live data) is never a reason to lengthen or skip.
+
+    ``lengthen_for_score`` (with ``"lengthen"``): the improvement score is a reason to
+    lengthen too. The canary runs for the shortest duration whose score MDE reaches
+    ``expected_gain`` (the proposal's predicted improvement, relative, good direction), at
+    most ``max_duration_minutes``; an unknown gain (None: an exploration step) runs for the
+    maximum. The gate's anytime-valid test still stops a clear canary early, so a longer
+    window costs time only on the canaries that need it.
     """
     if underpowered_action not in ("run", "lengthen", "skip"):
         raise ValueError(f"underpowered_action must be 'run', 'lengthen' or 'skip', got {underpowered_action!r}")
@@ -322,6 +331,9 @@ def plan_canary(
     # A guardrail whose power cannot be predicted (no live data yet) is reported, but it is no
     # reason to skip or lengthen a canary: a new installation would otherwise never run one.
     weak = [g for g in rep.guardrails if not g.powered and g.power is not None]
+    if underpowered_action == "lengthen" and lengthen_for_score and cap > duration_minutes \
+            and rep.score_mde is not None and (expected_gain is None or rep.score_mde > expected_gain):
+        return _lengthen_for_score(kpis, live, rep, weak, duration_minutes, cap, expected_gain, args)
     if not weak:
         unknown = [g.kpi for g in rep.guardrails if g.power is None]
         reason = (f"every guardrail's non-inferiority test has at least {100 * rep.target_power:.0f} % power"
@@ -349,12 +361,68 @@ def plan_canary(
                       f"underpowered guardrail(s) {desc}: run as planned (underpowered_action=run)", rep)
 
 
+def _lengthen_for_score(kpis, live, rep: PowerReport, weak: list[GuardrailPower], duration: float, cap: float,
+                        gain: float | None, args: dict) -> CanaryPlan:
+    """The ``lengthen_for_score`` branch of :func:`plan_canary`: the score's MDE (and any
+    underpowered guardrail) sets the duration, at most ``cap``."""
+    step = float(args["check_interval_minutes"])
+    if gain is None or not gain > 0.0:
+        dur, why = cap, "the step's gain is unknown (exploration): the longest canary allowed"
+    else:
+        target = math.log1p(gain)
+        dur = duration
+        for _ in range(4):   # the score's se falls as 1/sqrt(duration); the looks move with it
+            r = canary_power(kpis, live, duration_minutes=dur, **args)
+            x = math.log1p(r.score_mde) if r.score_mde is not None else target
+            dur = min(cap, max(duration, dur * (x / target) ** 2))
+        dur = min(cap, math.ceil(dur / step - 1e-9) * step)
+        why = f"the step's predicted gain {100 * gain:+.2g} % needs {dur:g} min for the score's MDE"
+    need = rep.duration_for_power_minutes
+    if weak and need is not None:
+        dur = min(cap, max(dur, need))
+        why += f"; underpowered guardrail(s) {', '.join(g.kpi for g in weak)} need {need:g} min"
+    rep2 = canary_power(kpis, live, duration_minutes=dur, **args)
+    mde = rep2.score_mde
+    tail = f" (score MDE {100 * mde:.2g} % at {dur:g} min, max {cap:g})" if mde is not None else ""
+    still = [g.kpi for g in rep2.guardrails if not g.powered and g.power is not None]
+    if still:
+        tail += f"; still underpowered: {', '.join(still)}"
+    if dur <= duration:
+        return CanaryPlan(True, float(duration), float(duration), "run", f"{why}{tail}: run as planned", rep2)
+    return CanaryPlan(True, float(dur), float(duration), "lengthen", f"lengthened to {dur:g} min: {why}{tail}", rep2)
+
+
+def sizing_mde(config: Config, live: Mapping[str, RunningStats],
+               units_per_minute: float | Mapping[str, float]) -> float | None:
+    """The score's MDE the optimizer sizes its step for: at the longest canary the policy
+    allows (``max_canary_duration_minutes`` when the score may lengthen the canary, see
+    :func:`plan_canary_for`), else at the planned duration."""
+    ap = config.autopilot
+    minutes = ap.max_canary_minutes if _score_lengthens(config) else ap.canary_duration_minutes
+    return canary_power(config.kpis, live, units_per_minute=units_per_minute,
+                        traffic_fraction=ap.canary_traffic_percentage, duration_minutes=minutes,
+                        confidence=ap.statistical_confidence_threshold,
+                        check_interval_minutes=ap.check_interval_minutes,
+                        planned_extension=ap.inconclusive_action == "extend").score_mde
+
+
+def _score_lengthens(config: Config) -> bool:
+    ap = config.autopilot
+    return (ap.underpowered_action == "lengthen" and ap.optimizer_step_sizing == "canary_mde"
+            and ap.max_canary_minutes > ap.canary_duration_minutes)
+
+
 def plan_canary_for(config: Config, live: Mapping[str, RunningStats],
-                    units_per_minute: float | Mapping[str, float]) -> CanaryPlan:
-    """:func:`plan_canary` with every setting read from the configuration."""
+                    units_per_minute: float | Mapping[str, float], *, optimizer_step: bool = False,
+                    expected_gain: float | None = None) -> CanaryPlan:
+    """:func:`plan_canary` with every setting read from the configuration.
+    ``optimizer_step``: the canary tries the optimizer's step (not an operator's proposal),
+    predicted to gain ``expected_gain`` (None: unknown); with ``underpowered_action:
+    lengthen`` and ``optimizer_step_sizing: canary_mde`` its gain may lengthen the canary."""
     ap = config.autopilot
     return plan_canary(config.kpis, live, units_per_minute=units_per_minute,
                        traffic_fraction=ap.canary_traffic_percentage, duration_minutes=ap.canary_duration_minutes,
                        confidence=ap.statistical_confidence_threshold, underpowered_action=ap.underpowered_action,
                        max_duration_minutes=ap.max_canary_minutes, check_interval_minutes=ap.check_interval_minutes,
-                       planned_extension=ap.inconclusive_action == "extend")
+                       planned_extension=ap.inconclusive_action == "extend",
+                       lengthen_for_score=optimizer_step and _score_lengthens(config), expected_gain=expected_gain)

@@ -20,8 +20,8 @@ from ..handlers.bounds import BoundsCheck, ClampMode
 from ..handlers.card import get_path, parameter_values, version_id, with_values
 from ..handlers.changes import manual_change
 from ..handlers.golden import GoldenSet
-from ..handlers.optimizer import seed_from_cycle_id
-from ..handlers.power import plan_canary_for
+from ..handlers.optimizer import predicted_score_gain, seed_from_cycle_id
+from ..handlers.power import plan_canary_for, sizing_mde
 from ..handlers.stats import RunningStats
 from ..handlers.triage import TriageReport
 from ..schemas.config import Config
@@ -427,15 +427,19 @@ class Autopilot:
         s.active_cycle_id = cycle_id
         live = self.live_window(step.now)
         cycle.analyze(step, live)
-        # The canary's power is planned before the proposal: the optimizer sizes its step so that
-        # the canary can see it (the score's MDE), or proposes nothing.
-        plan = plan_canary_for(self.config, live, self.units_per_minute(step.now))
+        # The canary's power is planned around the proposal: the optimizer sizes its step so that
+        # the longest canary the policy allows can see it (the score's MDE), or proposes nothing;
+        # then the canary is planned for the step's predicted gain (and its guardrails).
+        upm = self.units_per_minute(step.now)
         suggestion = None
         if proposal is None:
             suggestion = self.tuning.propose(step, data.analysis, card=s.card, pinned=sorted(s.overrides), seed=data.seed,
-                                             min_detectable_gain=plan.power.score_mde
+                                             min_detectable_gain=sizing_mde(self.config, live, upm)
                                              if self.config.autopilot.optimizer_step_sizing == "canary_mde" else None)
         if cycle.adopt(step, suggestion):
+            plan = plan_canary_for(self.config, live, upm, optimizer_step=suggestion is not None,
+                                   expected_gain=None if suggestion is None
+                                   else predicted_score_gain(suggestion, self.config.kpis))
             data.canary_plan = msgspec.to_builtins(plan)
             checks = [self.check_bounds(step, name, value, cycle.bounds_mode)
                       for name, value in sorted((data.proposal or {}).items())]

@@ -278,6 +278,8 @@ def gate_reason(detail: Mapping[str, Any] | None, confidence: float = 0.95) -> t
         parts.append("harm: " + ",".join(sorted(by_verdict.get("harm", []))) if by_verdict.get("harm") else "harm")
     if by_verdict.get("no_data") or "no data" in low:
         parts.append("no data: " + ",".join(sorted(by_verdict.get("no_data", []))))
+    if not parts and low.startswith("shown worse"):
+        parts.append("shown worse: improvement score below zero")
     if rec != "proceed" and not parts:
         if by_verdict.get("neutral") or "non-inferiority not shown" in low:
             parts.append("non-inferiority not shown: " + ",".join(sorted(by_verdict.get("neutral", []))))

@@ -16,6 +16,7 @@ from vvtv_autopilot.schemas.config import KpiSpec
 
 UP = KpiSpec(direction="increase")
 DOWN = KpiSpec(direction="decrease")
+GUARD = KpiSpec(direction="increase", critical=True, margin=UP.margin)   # weight 0: harm and non-inferiority only
 CRIT_DOWN = KpiSpec(direction="decrease", critical=True)
 
 
@@ -83,12 +84,21 @@ def test_neutral_continues_then_is_inconclusive_at_deadline():
     assert d.mixture_r == pytest.approx(2 * seq.optimal_r(d.alpha_sequential) / DEFAULT_MIXTURE_TUNING)
 
 
-def test_small_harm_within_margin_is_tolerated_but_never_proceeds():
-    # canary 0.5 % worse, margin 1 %: non-inferior, but no improvement to show
+def test_small_harm_within_margin_is_no_harm_but_is_shown_worse():
+    # canary 0.5 % worse, margin 1 %: non-inferior (no harm), but shown worse than the control
+    # on the score, which is a conclusive rollback (rule 2b), not an inconclusive canary
     c, k = {"conv": arm(4800, 1.0, 0.03)}, {"conv": arm(1200, 0.995, 0.03)}
     d = gate({"conv": UP}, c, k, final=True)
-    assert d.kpis[0].verdict == "non_inferior" and d.recommendation == "inconclusive"
+    assert d.kpis[0].verdict == "non_inferior" and d.recommendation == "rollback"
+    assert d.reason.startswith("shown worse") and d.p_worse <= 0.05
     assert d.degradation_pct == pytest.approx(0.5)
+    # ... decided at an early look too (anytime-valid), before the deadline
+    early = gate({"conv": UP}, c, k, final=False, elapsed_fraction=0.5)
+    assert early.recommendation == "rollback" and early.action == "rollback"
+    # a drop the data cannot tell from noise stays inconclusive
+    c2, k2 = {"conv": arm(4800, 1.0, 0.3)}, {"conv": arm(1200, 0.995, 0.3)}
+    d = gate({"conv": UP}, c2, k2, final=True)
+    assert d.recommendation == "inconclusive" and d.p_worse > 0.05
     # with a 0.1 % margin the same data is harm
     d = gate({"conv": KpiSpec(direction="increase", margin=0.001)}, c, k, final=True)
     assert d.recommendation == "rollback" and d.kpis[0].margin == 0.001
@@ -264,48 +274,50 @@ def test_hybrid_p_value_is_the_union_of_the_mixture_and_the_deadline_welch_test(
 
 
 def test_the_deadline_look_catches_a_moderate_harm_the_mixture_alone_misses():
+    # a guardrail (out of the score), so that harm alone decides: a scored KPI this far down
+    # would also be "shown worse" (rule 2b)
     c, k = _harm_z(2.2)   # one-sided Welch p ~ 0.014 < 0.035; far from the mixture's boundary
     for frac in (0.3, 0.6, 0.99):
-        assert gate({"k": UP}, c, k, elapsed_fraction=frac).recommendation == "continue"
-    d = gate({"k": UP}, c, k, final=True)
+        assert gate({"k": GUARD}, c, k, elapsed_fraction=frac).recommendation == "continue"
+    d = gate({"k": GUARD}, c, k, final=True)
     assert d.recommendation == "rollback" and "fixed-horizon Welch at 0.035" in d.reason
-    pure = gate({"k": UP}, c, k, final=True, sequential_alpha_share=1.0)
+    pure = gate({"k": GUARD}, c, k, final=True, sequential_alpha_share=1.0)
     assert pure.recommendation == "inconclusive" and pure.method == "msprt-normal-mixture"
     assert not pure.fixed_look and pure.kpis[0].p_harm_fixed is None
     assert pure.mixture_r == pytest.approx(seq.optimal_r(0.05) / 0.5)
     # and a z of 1.7 is not enough at alpha_fix = 0.035 (Welch one-sided would need 1.81)
     c, k = _harm_z(1.7)
-    assert gate({"k": UP}, c, k, final=True).recommendation == "inconclusive"
+    assert gate({"k": GUARD}, c, k, final=True).recommendation == "inconclusive"
 
 
 def test_the_extension_gets_its_own_share_of_the_fixed_alpha():
     c, k = _harm_z(2.2, 9600, 2400)   # one-sided Welch p ~ 0.014
     # no extension planned: the deadline look spends the whole fixed share (0.035)
-    d = gate({"k": UP}, c, k, final=True)
+    d = gate({"k": GUARD}, c, k, final=True)
     assert d.fixed_look and d.alpha_fixed == pytest.approx(0.035) and d.recommendation == "rollback"
     # an extension planned (inconclusive_action="extend"): the deadline keeps 2/3 of it ...
-    d = gate({"k": UP}, c, k, final=True, inconclusive_action="extend")
+    d = gate({"k": GUARD}, c, k, final=True, inconclusive_action="extend")
     assert d.alpha_fixed == pytest.approx(0.035 * 2 / 3) and d.recommendation == "rollback"
     # ... and the extension's deadline (elapsed ~ 2) gets 1/3: its own Welch look on all the data
-    d = gate({"k": UP}, c, k, final=True, elapsed_fraction=2.0)
+    d = gate({"k": GUARD}, c, k, final=True, elapsed_fraction=2.0)
     assert d.fixed_look and d.alpha_fixed == pytest.approx(0.035 / 3)
     v = d.kpis[0]
     assert v.p_harm == pytest.approx(min(1.0, v.p_harm_sequential / 0.3, v.p_harm_fixed / (0.7 / 3)))
     assert d.recommendation == "inconclusive"     # p_fix ~ 0.014 > 0.0117
     c2, k2 = _harm_z(2.4, 9600, 2400)             # p_fix ~ 0.008 < 0.0117
-    assert gate({"k": UP}, c2, k2, final=True, elapsed_fraction=2.0).recommendation == "rollback"
+    assert gate({"k": GUARD}, c2, k2, final=True, elapsed_fraction=2.0).recommendation == "rollback"
     # the three shares add up to alpha
     assert d.alpha_sequential + 0.035 * 2 / 3 + d.alpha_fixed == pytest.approx(0.05)
     # extension_alpha_share=0: the previous rule, the extension judged by the mixture alone
-    d = gate({"k": UP}, c2, k2, final=True, elapsed_fraction=2.0, extension_alpha_share=0.0)
+    d = gate({"k": GUARD}, c2, k2, final=True, elapsed_fraction=2.0, extension_alpha_share=0.0)
     assert not d.fixed_look and d.kpis[0].p_harm_fixed is None and d.recommendation == "inconclusive"
     assert "Welch" not in d.reason
     # a late first deadline is still the first deadline; the caller can force either way
-    d = gate({"k": UP}, c, k, final=True, elapsed_fraction=1.2)
+    d = gate({"k": GUARD}, c, k, final=True, elapsed_fraction=1.2)
     assert d.fixed_look and d.alpha_fixed == pytest.approx(0.035)
-    assert not gate({"k": UP}, c, k, final=True, fixed_look=False).fixed_look
+    assert not gate({"k": GUARD}, c, k, final=True, fixed_look=False).fixed_look
     with pytest.raises(ValueError):
-        evaluate_gate({"k": UP}, {}, {}, confidence=0.95, min_samples=30, final=True, extension_alpha_share=1.0)
+        evaluate_gate({"k": GUARD}, {}, {}, confidence=0.95, min_samples=30, final=True, extension_alpha_share=1.0)
 
 
 def test_hybrid_arguments_are_checked():

@@ -209,3 +209,32 @@ def test_lognormal_harm_that_lowers_the_mean_is_decided_early():
     recs, stops, _ = run_paths(kpis, arms)
     assert rate(recs, "rollback") >= 0.95
     assert stops.mean() / looks <= 0.50
+
+
+def test_shown_worse_is_conclusive_and_keeps_the_aa_false_rollback_within_alpha():
+    # The realistic pair: a lognormal success metric (sigma 0.8, margin 2 %) and a 2 % Bernoulli
+    # guardrail (margin 20 %, out of the score). A candidate one fixed-horizon MDE worse on the
+    # success metric is mostly out of reach of its harm test (which must first get past the 2 %
+    # margin), so it used to end "inconclusive"; rule 2b rolls it back as "shown worse".
+    from vvtv_autopilot.handlers.gate_sim import simulate_bernoulli_arms, simulate_lognormal_arms
+    looks, per_look, paths = 20, 300, 400
+    mde = fixed_horizon_mde(looks * per_look, SPLIT, cv=math.sqrt(math.expm1(0.64)))
+    kpis = {"engagement": KpiSpec(direction="increase"),
+            "error_rate": KpiSpec(direction="decrease", critical=True)}
+    rng = np.random.default_rng(20260120)
+
+    def arms(lift: float) -> dict:
+        return {"engagement": simulate_lognormal_arms(rng, paths=paths, looks=looks, per_look=per_look,
+                                                      traffic_fraction=SPLIT, sigma=0.8, lift=lift),
+                "error_rate": simulate_bernoulli_arms(rng, paths=paths, looks=looks, per_look=per_look,
+                                                      traffic_fraction=SPLIT, p=0.02)}
+    recs, stops, reasons = run_paths(kpis, arms(-mde))
+    worse = [r.startswith("shown worse") for r in reasons]
+    # measured: 78.5 % rollbacks (43 % of paths "shown worse", the rest harm), 21.5 % inconclusive;
+    # without rule 2b those 43 % were inconclusive too
+    assert rate(recs, "rollback") >= 0.70 and np.mean(worse) >= 0.30
+    assert rate(recs, "inconclusive") <= 0.30
+    # A/A: harm and "shown worse" are one Holm family, so false rollbacks of either kind stay within alpha
+    recs, _, reasons = run_paths(kpis, arms(0.0))
+    assert rate(recs, "rollback") <= bound(ALPHA, paths)
+    assert rate(recs, "proceed") <= bound(ALPHA, paths)

@@ -13,7 +13,7 @@ from scipy import stats as sps
 from vvtv_autopilot.handlers.gate_sim import (noninferiority_shown, run_paths, simulate_arms,
                                               simulate_bernoulli_arms, simulate_lognormal_arms)
 from vvtv_autopilot.handlers.power import (CanaryPlan, PowerReport, canary_power, drift_for_power, hybrid_power,
-                                           plan_canary, plan_canary_for)
+                                           plan_canary, plan_canary_for, sizing_mde)
 from vvtv_autopilot.handlers.stats import RunningStats
 from vvtv_autopilot.schemas.config import ConfigError, KpiSpec, parse_config
 
@@ -160,6 +160,44 @@ def test_plan_from_config_and_the_default_margins_are_powered_at_vvtv_traffic():
                                  "error_rate": {"direction": "decrease", "critical": True, "margin": 0.1}}})
     plan = plan_canary_for(cfg, live, 2000)
     assert plan.action == "lengthen" and 60 < plan.duration_minutes <= 180
+
+
+def test_the_score_lengthens_the_canary_to_the_steps_predicted_gain():
+    # "lengthen where the MDE is the limit": a step predicted to gain less than the planned
+    # canary's MDE gets the shortest canary whose MDE reaches it, at most the maximum
+    kpis = {"engagement": KpiSpec(direction="increase"),
+            "error_rate": KpiSpec(direction="decrease", critical=True)}   # margin 20 %: powered in an hour
+    live = {"engagement": live_normal(1.0, 0.95), "error_rate": live_rate(0.02)}
+    common = dict(units_per_minute=2000, traffic_fraction=0.2, duration_minutes=60, confidence=0.95,
+                  underpowered_action="lengthen", max_duration_minutes=180, lengthen_for_score=True)
+    mde60 = canary_power(kpis, live, **{k: common[k] for k in ("units_per_minute", "traffic_fraction",
+                                                                "duration_minutes", "confidence")}).score_mde
+    assert 0.01 < mde60 < 0.03
+    gain = 0.75 * mde60
+    plan = plan_canary(kpis, live, expected_gain=gain, **common)
+    assert plan.action == "lengthen" and 60 < plan.duration_minutes < 180
+    assert plan.power.score_mde <= gain * 1.001 and plan.power.duration_minutes == plan.duration_minutes
+    shorter = canary_power(kpis, live, units_per_minute=2000, traffic_fraction=0.2, confidence=0.95,
+                           duration_minutes=plan.duration_minutes - 1)
+    assert shorter.score_mde > gain                                   # the shortest such canary
+    assert "predicted gain" in plan.reason and "score MDE" in plan.reason
+    # a gain the planned canary already sees, or no score lengthening: as planned
+    assert plan_canary(kpis, live, expected_gain=1.2 * mde60, **common).duration_minutes == 60
+    assert plan_canary(kpis, live, expected_gain=gain, **(common | {"lengthen_for_score": False})).duration_minutes == 60
+    # an unknown gain (exploration) runs the longest canary allowed; a gain out of reach stops at the cap
+    explore = plan_canary(kpis, live, expected_gain=None, **common)
+    assert explore.duration_minutes == 180 and "unknown" in explore.reason
+    assert plan_canary(kpis, live, expected_gain=0.1 * mde60, **common).duration_minutes == 180
+    # from the configuration: the optimizer sizes its step for the longest canary allowed
+    cfg = parse_config({"autopilot": {"underpowered_action": "lengthen", "max_canary_duration_minutes": 180},
+                        "kpis": {"engagement": {"direction": "increase"},
+                                 "error_rate": {"direction": "decrease", "critical": True}}})
+    assert sizing_mde(cfg, live, 2000) == pytest.approx(explore.power.score_mde)
+    assert plan_canary_for(cfg, live, 2000).duration_minutes == 60          # an operator's proposal: as planned
+    assert plan_canary_for(cfg, live, 2000, optimizer_step=True, expected_gain=gain).duration_minutes \
+        == plan.duration_minutes
+    plain = parse_config({"kpis": {"engagement": {"direction": "increase"}}})
+    assert sizing_mde(plain, live, 2000) == pytest.approx(mde60, rel=0.05)
 
 
 def test_config_keys_are_validated_with_key_value_and_rule():
