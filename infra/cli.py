@@ -188,13 +188,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--actor", default=os.environ.get("USER") or _user(), help="who asks (with --run)")
     t.add_argument("--reason", help="why (with --run)")
     rp = read("replay", "replay a cycle from its recorded events and compare",
-              "Feed a cycle's recorded events through a fresh core and compare every transition with the log.")
+              "Feed a cycle's recorded events through a fresh core and compare every transition with the log (exact "
+              "replay, the default); or, with --log, rebuild cycles from their stored transitions alone and check "
+              "every move against the machine and the cycle's row (log replay: no decision re-made, fast).")
     # --- what-if replay, export, replay from a file (issue #11; infra/replay_cli.py) ---
     rp.add_argument("cycle_id", metavar="CYCLE_ID", nargs="?", help="a cycle id or a unique prefix of one")
     rp.add_argument("--what-if", type=Path, metavar="CONFIG", help="YAML whose keys override the recorded configuration")
     rp.add_argument("--all", action="store_true", help="every stored cycle, summarized")
     rp.add_argument("--export", type=Path, metavar="FILE", help="write the recorded cycle as JSON lines")
     rp.add_argument("--from-file", type=Path, metavar="FILE", help="replay an exported cycle")
+    rp.add_argument("--log", action="store_true",
+                    help="log replay: rebuild the cycle (or --all) from its stored transitions alone and check "
+                         "every move and the cycle's row, without re-deciding (fast); default: exact replay")
     # --- end what-if replay ---
     return p
 
@@ -330,7 +335,8 @@ async def _main(args: argparse.Namespace) -> int:
                             f"suggestion(s) (`vvtv-autopilot triage` shows it)" if reply.get("ok")
                else f"refused: {reply.get('error')}")
         return EXIT_OK if reply.get("ok") else EXIT_REFUSED
-    if args.command == "replay" and (args.what_if or args.all or args.export or args.from_file or not args.cycle_id):
+    if args.command == "replay" and (args.what_if or args.all or args.export or args.from_file or args.log
+                                     or not args.cycle_id):
         from . import replay_cli  # what-if, export, from a file (issue #11)
 
         return await replay_cli.replay(config, args)
@@ -354,8 +360,25 @@ async def _main(args: argparse.Namespace) -> int:
     return EXIT_OK if reply.get("ok") else EXIT_REFUSED
 
 
+def _replay_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with a combination of ``replay``'s options, if anything."""
+    if args.all and args.cycle_id:
+        return f"replay: give a CYCLE_ID or --all, not both ({args.cycle_id!r} and --all)"
+    if args.from_file and (args.cycle_id or args.all or args.export):
+        return "replay: --from-file FILE replays the cycle in FILE; it takes no CYCLE_ID, --all or --export"
+    if args.export and (args.all or args.what_if):
+        return "replay: --export FILE writes one recorded cycle; it takes a CYCLE_ID and no --all or --what-if"
+    if args.log and (args.what_if or args.export or args.from_file):
+        return ("replay: --log checks the stored transition log (of a CYCLE_ID or --all); it does not take "
+                "--what-if, --export or --from-file")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "replay" and (problem := _replay_usage(args)):
+        parser.error(problem)   # exit 2, with the usage
     from .logs import setup
 
     verbose = getattr(args, "verbose", False)

@@ -86,17 +86,19 @@ async def triage(store: Store, *, limit: int = 3) -> Any:
         return {"reports": await store.triage_reports(limit), "drift_events": await store.drift_events(20)}
 
 
-async def _cycle_id(store: Store, cycle: str) -> str:
-    """The full id of ``cycle`` (a unique prefix is enough), or a refusal saying why not."""
+async def resolve_cycle(source: Any, cycle: str) -> str:
+    """The full id of ``cycle`` (a unique prefix is enough), or a refusal saying why not. The one
+    place a cycle id is resolved: ``source`` is the :class:`Store` or a read-only
+    :class:`~.webdata.WebData` (``replay --what-if`` / ``--export`` / ``--log``)."""
     try:
-        return await store.resolve_cycle(cycle)
+        return await source.resolve_cycle(cycle)
     except StoreError as exc:
         raise ReadRefused(str(exc)) from None
 
 
 async def report(store: Store, cycle: str) -> dict[str, Any]:
     async with store.read_lock:
-        cycle_id = await _cycle_id(store, cycle)
+        cycle_id = await resolve_cycle(store, cycle)
         row = await store.cycle_row(cycle_id)
         records = await store.transitions(cycle_id)
         snapshot = await store.cycle_snapshot(cycle_id)
@@ -106,7 +108,7 @@ async def report(store: Store, cycle: str) -> dict[str, Any]:
 
 async def replay(store: Store, cycle: str) -> dict[str, Any]:
     async with store.read_lock:
-        cycle_id = await _cycle_id(store, cycle)
+        cycle_id = await resolve_cycle(store, cycle)
         start = await store.cycle_start(cycle_id)
         if start is None:
             raise ReadRefused(f"cycle {cycle_id} has no recorded start to replay from")

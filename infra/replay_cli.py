@@ -3,13 +3,20 @@
     replay CYCLE_ID [--json]                          exact replay against the record (infra/review.py)
     replay CYCLE_ID --what-if CONFIG [--json]         the recorded inputs under another configuration
     replay --all [--what-if CONFIG] [--json]          every stored cycle, summarized
+    replay --all --log [--json]                       every stored cycle rebuilt from its transition log
+    replay CYCLE_ID --log [--json]                    one cycle rebuilt from its transition log
     replay CYCLE_ID --export FILE                     the recorded cycle as JSON lines
     replay --from-file FILE [--what-if CONFIG]        replay an exported cycle (on any machine)
 
 CONFIG is a YAML file whose keys override the configuration the cycle ran under (e.g. only
-``autopilot: {statistical_confidence_threshold: 0.999}``). Reads the store read-only: it
-may run beside the service. Exit codes: 0 done (a what-if that differs is still done), 1 the
-exact replay differs or the cycle is unknown, 2 a bad file or configuration.
+``autopilot: {statistical_confidence_threshold: 0.999}``). ``--log`` is the log replay
+(statemachine/log_replay.py): each cycle rebuilt from its stored transitions alone, every move
+checked against the machine's definition and the result against the cycle's row; no decision is
+re-made, so it runs at tens of thousands of transitions a second, where the exact replay (the
+default) re-decides every step through the core. A CYCLE_ID may be a unique prefix. Reads the
+store read-only: it may run beside the service. Exit codes: 0 done (a what-if that differs is
+still done), 1 the exact replay differs, a log is inconsistent, or the cycle is unknown or
+ambiguous, 2 a bad file, configuration or combination of options.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import yaml
 from ..schemas.config import Config
 from ..schemas.errors import ConfigError, RecordingError
 from ..schemas.events import RecordedCycle, decode_recorded_cycle, encode_recorded_cycle
+from ..statemachine.log_replay import replay_logs, summarize_logs
 from ..statemachine.replay import WhatIf, compare, replay_recorded, summarize_what_ifs, what_if
+from .reads import resolve_cycle
 from .webdata import WebData, first_divergence, overlay_config
 
 
@@ -98,13 +107,16 @@ async def replay(config: Config, args: argparse.Namespace) -> int:
     path = Path(config.storage.data_dir) / "autopilot.db"
     data = await WebData.open(path)
     try:
+        if getattr(args, "log", False):
+            return await _log(args, data)
         if args.all:
             return await _all(args, data, overrides)
         if not args.cycle_id:
             raise ConfigError([("replay", None, "give a CYCLE_ID, --all or --from-file FILE")])
-        rec = await data.recorded_cycle(args.cycle_id)
+        cycle_id = await resolve_cycle(data, args.cycle_id)     # a unique prefix will do
+        rec = await data.recorded_cycle(cycle_id)
         if rec is None:
-            print(f"no cycle {args.cycle_id} in the store")
+            print(f"cycle {cycle_id} has no recorded start to replay from")
             return 1
         if args.export:
             Path(args.export).write_bytes(encode_recorded_cycle(rec))
@@ -157,3 +169,35 @@ async def _all(args: argparse.Namespace, data: WebData, overrides: dict[str, Any
     _print(args, {"cycles": total, "exact": total - len(inexact), "differ": inexact},
            f"{total} cycles replayed: {total - len(inexact)} exact" + (f", DIFFER: {', '.join(inexact)}" if inexact else ""))
     return 0 if not inexact else 1
+
+
+async def _log(args: argparse.Namespace, data: WebData) -> int:
+    """``replay --all --log`` / ``replay CYCLE_ID --log``: rebuild cycles from their transition logs."""
+    if not args.all and not args.cycle_id:
+        raise ConfigError([("replay --log", None, "give a CYCLE_ID or --all")])
+    cycle_id = None if args.all else await resolve_cycle(data, args.cycle_id)
+    rows, cycles = await data.transition_log(cycle_id)
+    results = replay_logs(rows, cycles)
+    if cycle_id is not None:
+        r = results[0]
+        lines = [f"{t.seq:>3} {t.at}  {t.from_:>10} -> {t.to:<10} {t.trigger}" for t in rows]
+        p = r.projection
+        if r.consistent:
+            lines.append(f"log replay of {r.cycle_id}: consistent ({r.transitions} transitions; "
+                         f"{p.outcome or p.stage + ', running'}" + (f", gate {p.gate_recommendation} ({p.gate_rule})"
+                                                                   if p.gate_recommendation else "") + ")")
+        else:
+            lines.append(f"log replay of {r.cycle_id}: INCONSISTENT\n  " + "\n  ".join(str(x) for x in r.problems))
+        _print(args, {"cycle_id": r.cycle_id, "transitions": r.transitions, "consistent": r.consistent,
+                      "problems": [str(x) for x in r.problems], "other_machine": r.other_machine,
+                      "projection": msgspec.to_builtins(p)}, "\n".join(lines))
+        return 0 if r.consistent else 1
+    summary = summarize_logs(results)
+    lines = [summary["summary"]]
+    for bad in summary["inconsistent"]:
+        lines.append(f"  {bad['cycle_id']}:")
+        lines += [f"    {p}" for p in bad["problems"]]
+        if bad["more"]:
+            lines.append(f"    ... and {bad['more']} more")
+    _print(args, summary, "\n".join(lines))
+    return 0 if not summary["inconsistent"] else 1

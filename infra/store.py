@@ -157,6 +157,24 @@ def _json(value: Any) -> str | None:
     return None if value is None else _enc.encode(value).decode()
 
 
+async def resolve_cycle_id(db: aiosqlite.Connection, prefix: str) -> str:
+    """The cycle whose id is or starts with ``prefix`` (a unique prefix, as git accepts), on any
+    connection to a store (the service's, or a read-only one); :class:`StoreError` naming the
+    candidates when it is unknown or ambiguous."""
+    rows = await (await db.execute(
+        "SELECT cycle_id FROM autopilot_cycles WHERE cycle_id >= ? AND cycle_id < ? ORDER BY cycle_id LIMIT 6",
+        (prefix, prefix + "\uffff"))).fetchall()
+    ids = [r[0] for r in rows]
+    if prefix in ids:
+        return prefix
+    if not ids:
+        raise StoreError(f"no cycle {prefix!r} in the store (`history` lists them)")
+    if len(ids) > 1:
+        raise StoreError(f"cycle id {prefix!r} is ambiguous: it starts {', '.join(ids[:5])}"
+                         + (" ..." if len(ids) > 5 else "") + "; give more characters")
+    return ids[0]
+
+
 class CycleStart(msgspec.Struct, frozen=True):
     cycle_id: str
     inbox_key: str
@@ -465,18 +483,7 @@ class Store:
 
     async def resolve_cycle(self, prefix: str) -> str:
         """The cycle whose id is or starts with ``prefix`` (a unique prefix, as git accepts)."""
-        rows = await (await self._db.execute(
-            "SELECT cycle_id FROM autopilot_cycles WHERE cycle_id >= ? AND cycle_id < ? ORDER BY cycle_id LIMIT 6",
-            (prefix, prefix + "\uffff"))).fetchall()
-        ids = [r[0] for r in rows]
-        if prefix in ids:
-            return prefix
-        if not ids:
-            raise StoreError(f"no cycle {prefix!r} in the store (`history` lists them)")
-        if len(ids) > 1:
-            raise StoreError(f"cycle id {prefix!r} is ambiguous: it starts {', '.join(ids[:5])}"
-                             + (" ..." if len(ids) > 5 else "") + "; give more characters")
-        return ids[0]
+        return await resolve_cycle_id(self._db, prefix)
 
     async def cycle_row(self, cycle_id: str) -> dict[str, Any] | None:
         r = await (await self._db.execute(

@@ -23,7 +23,9 @@ from ..schemas.config import Config, parse_config
 from ..schemas.errors import ConfigError, StoreError
 from ..schemas.events import CoreEvent, Inbound, RecordedCycle, TransitionRecord
 from ..statemachine.definition import TERMINAL
+from ..statemachine.log_replay import CycleRow, TransitionRow
 from ..statemachine.replay import Look, LookReplay, compare
+from .store import resolve_cycle_id
 
 _events = msgspec.json.Decoder(CoreEvent)
 _CHUNK = 2000
@@ -198,7 +200,27 @@ class WebData:
         rows = await self._all("SELECT max(started_at) FROM autopilot_cycles")
         return rows[0][0] if rows else None
 
+    async def resolve_cycle(self, prefix: str) -> str:
+        """The cycle whose id is or starts with ``prefix`` (StoreError when unknown or ambiguous)."""
+        return await resolve_cycle_id(self._db, prefix)
+
     # --- the recorded cycle, and replays of it ----------------------------------------------------------
+
+    async def transition_log(self, cycle_id: str | None = None) -> tuple[list[TransitionRow], list[CycleRow]]:
+        """The log replay's input: every stored transition ordered by cycle and seq, and the cycle
+        rows (of one cycle, or of all), read in one transaction so that both are of the same moment
+        while the service writes. Details stay JSON text: the log replay decodes what it needs."""
+        where, args = ("WHERE cycle_id = ?", (cycle_id,)) if cycle_id is not None else ("", ())
+        await self._db.execute("BEGIN")
+        try:
+            transitions = await self._all("SELECT cycle_id, seq, from_state, to_state, trigger, at, detail, machine "
+                                          f"FROM transitions {where} ORDER BY cycle_id, seq", args)
+            cycles = await self._all("SELECT cycle_id, started_at, completed_at, status, proposed_changes, "
+                                     f"deployment_result, error_message FROM autopilot_cycles {where}", args)
+        finally:
+            await self._db.execute("COMMIT")
+        return [TransitionRow(*r) for r in transitions], [CycleRow(*r) for r in cycles]
+
 
     async def _start(self, cycle_id: str) -> tuple | None:
         rows = await self._all("SELECT c.start_inbox_key, c.state_before, c.config, c.golden, i.id FROM cycle_snapshots c "

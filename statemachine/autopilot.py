@@ -70,8 +70,14 @@ def next_daily_at(now: datetime, hhmm: str) -> datetime:
 
 class Autopilot:
     def __init__(self, config: Config, state: AutopilotState | None = None, cycle: CycleData | None = None,
-                 *, golden: GoldenSet | None = None):
+                 *, golden: GoldenSet | None = None, contain: bool = True, rows: bool = True):
+        """``contain=False``: no pre-image of the state per event, and a failure of the core
+        propagates instead of being contained (:meth:`handle`); ``rows=False``: a metric batch
+        does not build the cycle's domain row. Exact replay uses both (it needs neither, and
+        replays again with containment should the core fail); the service never does."""
         self.config = config
+        self.contain = contain
+        self.rows = rows
         self.golden = golden   # the built-in golden set (golden.mode: builtin), else None
         self.state = state or AutopilotState()
         self.cycle: Cycle | None = Cycle(cycle, config) if cycle is not None else None
@@ -188,7 +194,7 @@ class Autopilot:
         the autopilot never stops silently. Metric batches, the hot path, are not
         snapshotted; infra retries a failed batch one event at a time and dead-letters
         the offending one."""
-        if isinstance(inbound.event, MetricStats):
+        if isinstance(inbound.event, MetricStats) or not self.contain:
             return self._route(inbound)
         state = _state_encoder.encode(self.state)
         cycle = None if self.cycle is None else _cycle_encoder.encode(self.cycle.data)
@@ -215,7 +221,8 @@ class Autopilot:
         elif isinstance(event, Boot):
             self._boot(step, event)
         touched = cycle_before or self.cycle
-        if touched is not None and (step.transitions or isinstance(event, MetricStats) and step.counters.get("canary_samples")):
+        if touched is not None and (step.transitions or self.rows and isinstance(event, MetricStats)
+                                    and step.counters.get("canary_samples")):
             touched.record(step)
         if self.cycle is not None and self.cycle.done and self.state.active_cycle_id == self.cycle.data.cycle_id:
             self._cycle_ended(step, self.cycle)

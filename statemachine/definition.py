@@ -62,3 +62,15 @@ MACHINE_HASH = hashlib.sha256(
 ).hexdigest()[:16]
 """Stored in every transition record, so a replay can tell when the
 definition changed between recording and review."""
+
+INITIAL = STATES[0]
+"""Every cycle's machine starts here (``Cycle`` restores others with ``initial=``)."""
+
+MOVES: dict[tuple[str, str], str] = {
+    (t["trigger"], source): t["dest"]
+    for t in TRANSITIONS
+    for source in ([t["source"]] if isinstance(t["source"], str) else t["source"])
+}
+"""``(trigger, source) -> dest``: the legal moves of :data:`TRANSITIONS`, once, as a table
+(what the ``transitions`` machine allows with ``auto_transitions=False``; the log replay
+checks recorded transitions against it without building a machine per cycle)."""

@@ -96,3 +96,24 @@ def test_replay_of_a_daily_cycle_after_a_deployed_one():
     assert [t.to for t in recorded] == ["Analyzing", "Bounded", "Validated", "Canary", "Gated", "RolledBack"]
     replayed = replay_cycle(d.config, state_before, d.inbounds[first:], cid2)
     assert compare(recorded, replayed) == []
+
+
+def test_replay_of_a_cycle_whose_failure_the_core_contained(monkeypatch):
+    """Exact replay steps the core without containment's pre-images; when the core fails on an
+    event (here the gate, at the first check), it replays the cycle again with containment, as
+    the service ran it: the contained failure's transitions come out as recorded."""
+    from vvtv_autopilot.statemachine import cycle as cycle_module
+
+    def explode(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for -: 'NoneType' and 'float'")
+
+    d = booted()
+    state_before = msgspec.json.encode(d.ap.state)
+    first = len(d.inbounds)
+    cid, _ = d.to_canary()
+    monkeypatch.setattr(cycle_module, "evaluate_gate", explode)   # the bug, still there when replaying
+    d.timer("check", at(15), cid)
+    recorded = [t for t in d.transitions if t.cycle_id == cid]
+    assert recorded[-1].to == "Failed" and "internal error while handling timer.check" in recorded[-1].detail["reason"]
+    replayed = replay_cycle(d.config, state_before, iter(d.inbounds[first:]), cid)   # any iterable, read twice
+    assert compare(recorded, replayed) == []
