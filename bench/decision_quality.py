@@ -20,7 +20,7 @@ two parameters, a drifting optimum, an error-rate cliff). Per configuration, ove
   harmful deploys among them. Counterfactual: the judges do not steer the run.
 
     python bench/decision_quality.py [--seeds 20] [--days 30] [--first-seed 0] [--quick]
-                                     [--config FILE.yaml ...] [--no-aa] [--no-builtin]
+                                     [--config FILE.yaml ...] [--no-aa] [--no-builtin] [--only NAME]
 
 ``--config`` (repeatable) adds any YAML config (read like the service's ``--config``, without the
 environment); the world models selection.diversity_weight and selection.novelty_weight and the
@@ -49,11 +49,25 @@ OPERATOR_KPIS = {"selection_entropy": {"direction": "increase", "critical": Fals
                  "error_rate": {"direction": "decrease", "critical": True, "weight": 0.0, "margin": 0.10}}
 
 
-def configurations(files: list[str], builtin: bool) -> list[tuple[str, object]]:
+# README's recommended canary policy: lengthen a canary (guardrail power, the step's predicted gain)
+# up to 4 hours; the gate's anytime-valid test still ends a clear canary early.
+RECOMMENDED = {"underpowered_action": "lengthen", "max_canary_duration_minutes": 240}
+# ... with the guardrail's margin halved: a canary four times as long shows non-inferiority at
+# half the margin with the same power as the one-hour canary at the default 0.2.
+GUARDED_KPIS = {"selection_entropy": {"direction": "increase"},
+                "error_rate": {"direction": "decrease", "critical": True, "margin": 0.1}}
+
+
+def configurations(files: list[str], builtin: bool, only: str | None = None) -> list[tuple[str, object]]:
     out = []
     if builtin:
         out.append(("defaults (project KPI specs)", realistic_config()))
+        out.append(("recommended (defaults + lengthen up to 240 min)", realistic_config(autopilot=RECOMMENDED)))
+        out.append(("recommended, guardrail margin 10% (error_rate margin 0.1)",
+                    realistic_config(autopilot=RECOMMENDED, kpis=GUARDED_KPIS)))
         out.append(("operator (error_rate w=0, margin 10%)", realistic_config(kpis=OPERATOR_KPIS)))
+    if only:
+        out = [(n, c) for n, c in out if n.startswith(only)]
     for f in files:
         out.append((f"--config {f}", load_world_config(f)))
     return out
@@ -153,6 +167,8 @@ def main() -> None:
     ap.add_argument("--config", action="append", default=[], metavar="FILE.yaml", help="also run this config")
     ap.add_argument("--no-builtin", action="store_true", help="only the --config files")
     ap.add_argument("--no-aa", action="store_true", help="skip the A/A runs")
+    ap.add_argument("--only", metavar="NAME", help="only the built-in configuration whose name starts so "
+                    "(defaults, recommended, operator)")
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.days = 3, 7
@@ -161,7 +177,7 @@ def main() -> None:
     print(f"seeds {seeds[0]}..{seeds[-1]}, {args.days} days; world: tests/realistic_world.py "
           f"(A/A runs use seeds +10000)")
     t = time.perf_counter()
-    for name, config in configurations(args.config, not args.no_builtin):
+    for name, config in configurations(args.config, not args.no_builtin, args.only):
         r = run_config(config, seeds, args.days, not args.no_aa)
         report(name, r, args.days)
     print(f"\ntotal wall time {time.perf_counter() - t:.0f} s")

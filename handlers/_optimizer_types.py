@@ -37,7 +37,8 @@ class OptimizerSettings(msgspec.Struct, frozen=True):
     tr_failure_tolerance: int = 3         # rollbacks/losses in a row that halve it
     guardrail_max_lengthscale: float = 0.2  # longest length-scale a guardrail GP may fit (normalized units)
     beta: float = 2.0                     # guardrail LCB width (standard deviations)
-    guardrail_buffer: float = 0.2         # fraction of each guardrail's margin the optimizer keeps in reserve
+    guardrail_buffer: float = 0.5         # fraction of each guardrail's margin the optimizer keeps in reserve: it aims within
+                                          # half the margin, the gate's margin is the last line of defence
     kappa: float = 2.0                    # objective UCB width
     min_expected_gain: float = 0.0        # the winner's UCB must exceed this
     optimization_confidence: float = 0.6  # P(gain > 0) from which a change is "optimization"

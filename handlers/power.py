@@ -50,6 +50,7 @@ from .sequential import boundary, optimal_r
 from .stats import RunningStats
 
 __all__ = ["GuardrailPower", "PowerReport", "CanaryPlan", "canary_power", "plan_canary", "plan_canary_for", "sizing_mde",
+           "score_may_lengthen",
            "hybrid_power", "drift_for_power", "TARGET_POWER"]
 
 TARGET_POWER = 0.8
@@ -398,7 +399,7 @@ def sizing_mde(config: Config, live: Mapping[str, RunningStats],
     allows (``max_canary_duration_minutes`` when the score may lengthen the canary, see
     :func:`plan_canary_for`), else at the planned duration."""
     ap = config.autopilot
-    minutes = ap.max_canary_minutes if _score_lengthens(config) else ap.canary_duration_minutes
+    minutes = ap.max_canary_minutes if score_may_lengthen(config) else ap.canary_duration_minutes
     return canary_power(config.kpis, live, units_per_minute=units_per_minute,
                         traffic_fraction=ap.canary_traffic_percentage, duration_minutes=minutes,
                         confidence=ap.statistical_confidence_threshold,
@@ -406,7 +407,10 @@ def sizing_mde(config: Config, live: Mapping[str, RunningStats],
                         planned_extension=ap.inconclusive_action == "extend").score_mde
 
 
-def _score_lengthens(config: Config) -> bool:
+def score_may_lengthen(config: Config) -> bool:
+    """Whether the policy lets the step's predicted gain lengthen a canary
+    (``underpowered_action: lengthen``, ``optimizer_step_sizing: canary_mde`` and a
+    ``max_canary_duration_minutes`` above the planned duration)."""
     ap = config.autopilot
     return (ap.underpowered_action == "lengthen" and ap.optimizer_step_sizing == "canary_mde"
             and ap.max_canary_minutes > ap.canary_duration_minutes)
@@ -425,4 +429,4 @@ def plan_canary_for(config: Config, live: Mapping[str, RunningStats],
                        confidence=ap.statistical_confidence_threshold, underpowered_action=ap.underpowered_action,
                        max_duration_minutes=ap.max_canary_minutes, check_interval_minutes=ap.check_interval_minutes,
                        planned_extension=ap.inconclusive_action == "extend",
-                       lengthen_for_score=optimizer_step and _score_lengthens(config), expected_gain=expected_gain)
+                       lengthen_for_score=optimizer_step and score_may_lengthen(config), expected_gain=expected_gain)

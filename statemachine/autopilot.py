@@ -21,7 +21,7 @@ from ..handlers.card import get_path, parameter_values, version_id, with_values
 from ..handlers.changes import manual_change
 from ..handlers.golden import GoldenSet
 from ..handlers.optimizer import predicted_score_gain, seed_from_cycle_id
-from ..handlers.power import plan_canary_for, sizing_mde
+from ..handlers.power import plan_canary_for, score_may_lengthen, sizing_mde
 from ..handlers.stats import RunningStats
 from ..handlers.triage import TriageReport
 from ..schemas.config import Config
@@ -442,7 +442,8 @@ class Autopilot:
         if proposal is None:
             suggestion = self.tuning.propose(step, data.analysis, card=s.card, pinned=sorted(s.overrides), seed=data.seed,
                                              min_detectable_gain=sizing_mde(self.config, live, upm)
-                                             if self.config.autopilot.optimizer_step_sizing == "canary_mde" else None)
+                                             if self.config.autopilot.optimizer_step_sizing == "canary_mde" else None,
+                                             try_below_mde=not score_may_lengthen(self.config))
         if cycle.adopt(step, suggestion):
             plan = plan_canary_for(self.config, live, upm, optimizer_step=suggestion is not None,
                                    expected_gain=None if suggestion is None

@@ -103,3 +103,32 @@ def test_without_live_data_the_plan_says_the_power_cannot_be_predicted_and_runs(
     plan = s.transitions[0].detail["canary_plan"]
     assert plan["run"] is True and "error_rate cannot be predicted yet (no live data)" in plan["reason"]
     assert not publishes(s, "autopilot.evt.alert"), "no alert for what nobody can know yet"
+
+
+def test_a_canary_that_may_be_lengthened_gets_steps_sized_for_its_longest_window(monkeypatch):
+    """With ``underpowered_action: lengthen`` and a maximum, the optimizer sizes its step for the
+    longest canary allowed, never tries a candidate only its upper bound puts within reach (the
+    idle fallback), and an exploration step (gain unknown) runs the longest canary."""
+    import vvtv_autopilot.statemachine.bounds_keeper as bk
+    seen = []
+    real = bk.propose
+
+    def spy(**kw):
+        seen.append((kw.get("min_detectable_gain"), kw.get("idle_cycles")))
+        return real(**kw)
+
+    monkeypatch.setattr(bk, "propose", spy)
+    d = driver()
+    d.ap.tuning.state.idle_cycles = 5
+    start(d)
+    mde60, idle = seen[-1]
+    assert idle == 5                                   # no lengthening: the idle fallback stays
+    d = driver(underpowered_action="lengthen", max_canary_duration_minutes=240)
+    d.ap.tuning.state.idle_cycles = 5
+    cid, s = start(d)
+    mde240, idle = seen[-1]
+    assert idle == 0 and mde240 < mde60 * 0.6          # ~ 1/2: four times the data
+    plan = s.transitions[0].detail["canary_plan"]
+    assert plan["action"] == "lengthen" and plan["duration_minutes"] == 240
+    assert "unknown (exploration)" in plan["reason"]
+    assert abs(plan["power"]["score_mde"] - mde240) < 1e-12
