@@ -82,6 +82,7 @@ def propose(
     settings: OptimizerSettings = OptimizerSettings(),
     min_detectable_gain: float | None = None,
     idle_cycles: int = 0,
+    canary_may_lengthen: bool = False,
 ) -> Proposal:
     """Propose the next change. ``bounds`` names the tunable parameters (their effective range
     at ``at`` is respected, hard limits normalize the inputs); ``current`` defaults to each
@@ -91,7 +92,15 @@ def propose(
     direction; see :func:`vvtv_autopilot.handlers.power.canary_power`). Given, the step is sized
     so the canary can see it: exploration goes most of the way to the range's edge, and the GP
     proposes only a safe candidate whose predicted score reaches the MDE, else no change (with
-    the figures in the reason). None: no sizing (the step as before)."""
+    the figures in the reason). None: no sizing (the step as before).
+    ``canary_may_lengthen``: the MDE is the longest canary's the policy allows (the canary will
+    be lengthened for the step): no idle tries below it, and each guardrail keeps
+    ``settings.lengthened_guardrail_buffer`` of its margin in reserve."""
+    if canary_may_lengthen:
+        # measured on the realistic world (README, "Sliding bounds and the optimizer"): the idle
+        # tries then ended inconclusive two times in three and brought every harmful deploy
+        settings = msgspec.structs.replace(settings, guardrail_buffer=settings.lengthened_guardrail_buffer)
+        idle_cycles = 0
     mde = None if min_detectable_gain is None or not math.isfinite(min_detectable_gain) \
         or min_detectable_gain <= 0 else float(min_detectable_gain)
     rng = np.random.default_rng(seed)

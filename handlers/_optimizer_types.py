@@ -37,8 +37,7 @@ class OptimizerSettings(msgspec.Struct, frozen=True):
     tr_failure_tolerance: int = 3         # rollbacks/losses in a row that halve it
     guardrail_max_lengthscale: float = 0.2  # longest length-scale a guardrail GP may fit (normalized units)
     beta: float = 2.0                     # guardrail LCB width (standard deviations)
-    guardrail_buffer: float = 0.5         # fraction of each guardrail's margin the optimizer keeps in reserve: it aims within
-                                          # half the margin, the gate's margin is the last line of defence
+    guardrail_buffer: float = 0.2         # fraction of each guardrail's margin the optimizer keeps in reserve
     kappa: float = 2.0                    # objective UCB width
     min_expected_gain: float = 0.0        # the winner's UCB must exceed this
     optimization_confidence: float = 0.6  # P(gain > 0) from which a change is "optimization"
@@ -53,6 +52,11 @@ class OptimizerSettings(msgspec.Struct, frozen=True):
     visible_min_history: int = 3          # outcomes before the GP is used (instead of min_history)
     idle_patience: int = 2                # after this many cycles in a row without a canary, a candidate
                                           # whose upper bound (not mean) reaches the MDE may be tried
+    # When the canary may be lengthened for the step (``propose(canary_may_lengthen=True)``):
+    # the MDE is already the longest canary's, so no idle tries below it, and the optimizer
+    # keeps more of each guardrail's margin in reserve, since a long canary has the power to
+    # show a candidate near the margin non-inferior (the gate's margin is the last line of defence).
+    lengthened_guardrail_buffer: float = 0.5
 
 
 class Proposal(msgspec.Struct, frozen=True):

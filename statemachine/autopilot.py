@@ -443,7 +443,7 @@ class Autopilot:
             suggestion = self.tuning.propose(step, data.analysis, card=s.card, pinned=sorted(s.overrides), seed=data.seed,
                                              min_detectable_gain=sizing_mde(self.config, live, upm)
                                              if self.config.autopilot.optimizer_step_sizing == "canary_mde" else None,
-                                             try_below_mde=not score_may_lengthen(self.config))
+                                             canary_may_lengthen=score_may_lengthen(self.config))
         if cycle.adopt(step, suggestion):
             plan = plan_canary_for(self.config, live, upm, optimizer_step=suggestion is not None,
                                    expected_gain=None if suggestion is None

@@ -50,18 +50,16 @@ class BoundsKeeper:
         return B.clamp_or_reject(bounds, value, mode, at=step.now)
 
     def propose(self, step: Step, analysis: dict[str, Any], *, card: dict[str, Any], pinned: list[str],
-                seed: int, min_detectable_gain: float | None = None, try_below_mde: bool = True) -> Proposal:
+                seed: int, min_detectable_gain: float | None = None, canary_may_lengthen: bool = False) -> Proposal:
         """The optimizer's proposal; ``min_detectable_gain`` is the canary's MDE for the improvement
-        score (relative, good direction; None: unknown), which the step must clear.
-        ``try_below_mde``: after idle cycles the optimizer may try a candidate that only *might*
-        reach the MDE (its upper bound does). Off when the MDE is already the longest canary's
-        (the canary may be lengthened for the step): measured on the realistic world, those
-        tries then end inconclusive two times in three and brought every harmful deploy."""
+        score (relative, good direction; None: unknown), which the step must clear;
+        ``canary_may_lengthen``: that MDE is the longest canary's, and the canary will be
+        lengthened for the step (see :func:`..handlers.optimizer.propose`)."""
         current = {n: float(get_path(card, n, b.current_value)) for n, b in self.state.bounds.items()}
         return propose(analysis=analysis.get("kpis", {}), history=list(self.state.outcomes), bounds=self.state.bounds,
                        kpis=self.config.kpis, seed=seed, pinned=pinned, current=current, at=step.now,
-                       min_detectable_gain=min_detectable_gain,
-                       idle_cycles=self.state.idle_cycles if try_below_mde else 0)
+                       min_detectable_gain=min_detectable_gain, idle_cycles=self.state.idle_cycles,
+                       canary_may_lengthen=canary_may_lengthen)
 
     def override_active(self, name: str, now: datetime) -> bool:
         bounds = self.state.bounds.get(name)

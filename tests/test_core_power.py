@@ -114,20 +114,18 @@ def test_a_canary_that_may_be_lengthened_gets_steps_sized_for_its_longest_window
     real = bk.propose
 
     def spy(**kw):
-        seen.append((kw.get("min_detectable_gain"), kw.get("idle_cycles")))
+        seen.append((kw.get("min_detectable_gain"), kw.get("canary_may_lengthen")))
         return real(**kw)
 
     monkeypatch.setattr(bk, "propose", spy)
     d = driver()
-    d.ap.tuning.state.idle_cycles = 5
     start(d)
-    mde60, idle = seen[-1]
-    assert idle == 5                                   # no lengthening: the idle fallback stays
+    mde60, lengthens = seen[-1]
+    assert lengthens is False                          # no lengthening: the idle fallback stays
     d = driver(underpowered_action="lengthen", max_canary_duration_minutes=240)
-    d.ap.tuning.state.idle_cycles = 5
     cid, s = start(d)
-    mde240, idle = seen[-1]
-    assert idle == 0 and mde240 < mde60 * 0.6          # ~ 1/2: four times the data
+    mde240, lengthens = seen[-1]
+    assert lengthens is True and mde240 < mde60 * 0.6  # ~ 1/2: four times the data
     plan = s.transitions[0].detail["canary_plan"]
     assert plan["action"] == "lengthen" and plan["duration_minutes"] == 240
     assert "unknown (exploration)" in plan["reason"]

@@ -281,3 +281,23 @@ def test_after_idle_cycles_a_candidate_whose_upper_bound_reaches_the_mde_is_trie
     tried = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
                     min_detectable_gain=0.012, idle_cycles=OptimizerSettings().idle_patience)
     assert tried.changes and "cycles without a canary" in tried.reason
+    # a canary that may be lengthened: the MDE is already the longest canary's, so no idle try
+    # below it (those ended inconclusive two times in three on the realistic world)
+    waiting = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
+                      min_detectable_gain=0.012, idle_cycles=OptimizerSettings().idle_patience,
+                      canary_may_lengthen=True)
+    assert waiting.changes == [] and "below the canary's MDE" in waiting.reason
+
+
+def test_a_canary_that_may_be_lengthened_makes_the_optimizer_keep_more_guardrail_margin():
+    # the same history (an error-rate guardrail with a 5 % margin, flat but uncertain away from
+    # the data): the candidates the model calls safe with a 0.2 reserve of the margin include
+    # some that the lengthened canary's 0.5 reserve excludes
+    start = {"selection.diversity_weight": 0.3, "curator.budget": 40.0}
+    bounds = make_bounds(start, 0.3)
+    history = _linear_history(bounds, slope=0.03)
+    short = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start)
+    long = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
+                   canary_may_lengthen=True)
+    assert short.safe_candidates > long.safe_candidates > 0
+    assert OptimizerSettings().lengthened_guardrail_buffer > OptimizerSettings().guardrail_buffer
