@@ -94,13 +94,13 @@ def propose(
     proposes only a safe candidate whose predicted score reaches the MDE, else no change (with
     the figures in the reason). None: no sizing (the step as before).
     ``canary_may_lengthen``: the MDE is the longest canary's the policy allows (the canary will
-    be lengthened for the step): no idle tries below it, and each guardrail keeps
-    ``settings.lengthened_guardrail_buffer`` of its margin in reserve."""
+    be lengthened for the step): idle tries below it wait ``settings.lengthened_idle_patience``
+    cycles, and each guardrail keeps ``settings.lengthened_guardrail_buffer`` of its margin in
+    reserve."""
     if canary_may_lengthen:
-        # measured on the realistic world (README, "Sliding bounds and the optimizer"): the idle
-        # tries then ended inconclusive two times in three and brought every harmful deploy
-        settings = msgspec.structs.replace(settings, guardrail_buffer=settings.lengthened_guardrail_buffer)
-        idle_cycles = 0
+        # measured on the realistic world (README, "Sliding bounds and the optimizer")
+        settings = msgspec.structs.replace(settings, guardrail_buffer=settings.lengthened_guardrail_buffer,
+                                           idle_patience=settings.lengthened_idle_patience)
     mde = None if min_detectable_gain is None or not math.isfinite(min_detectable_gain) \
         or min_detectable_gain <= 0 else float(min_detectable_gain)
     rng = np.random.default_rng(seed)

@@ -53,9 +53,12 @@ class OptimizerSettings(msgspec.Struct, frozen=True):
     idle_patience: int = 2                # after this many cycles in a row without a canary, a candidate
                                           # whose upper bound (not mean) reaches the MDE may be tried
     # When the canary may be lengthened for the step (``propose(canary_may_lengthen=True)``):
-    # the MDE is already the longest canary's, so no idle tries below it, and the optimizer
-    # keeps more of each guardrail's margin in reserve, since a long canary has the power to
-    # show a candidate near the margin non-inferior (the gate's margin is the last line of defence).
+    # the MDE is already the longest canary's, so idle tries below it wait longer (a week: they
+    # mostly end inconclusive, but without them one lost canary can stall learning for good), and
+    # the optimizer keeps more of each guardrail's margin in reserve, since a long canary has the
+    # power to show a candidate near the margin non-inferior (the gate's margin is the last line
+    # of defence).
+    lengthened_idle_patience: int = 7
     lengthened_guardrail_buffer: float = 0.5
 
 

@@ -281,12 +281,17 @@ def test_after_idle_cycles_a_candidate_whose_upper_bound_reaches_the_mde_is_trie
     tried = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
                     min_detectable_gain=0.012, idle_cycles=OptimizerSettings().idle_patience)
     assert tried.changes and "cycles without a canary" in tried.reason
-    # a canary that may be lengthened: the MDE is already the longest canary's, so no idle try
-    # below it (those ended inconclusive two times in three on the realistic world)
+    # a canary that may be lengthened: the MDE is already the longest canary's, so idle tries
+    # below it wait a week (they mostly end inconclusive on the realistic world)
     waiting = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
                       min_detectable_gain=0.012, idle_cycles=OptimizerSettings().idle_patience,
                       canary_may_lengthen=True)
     assert waiting.changes == [] and "below the canary's MDE" in waiting.reason
+    week = OptimizerSettings().lengthened_idle_patience
+    assert week == 7
+    tried = propose(analysis={}, history=history, bounds=bounds, kpis=KPIS, seed=1, current=start,
+                    min_detectable_gain=0.012, idle_cycles=week, canary_may_lengthen=True)
+    assert tried.changes and f"after {week} cycles without a canary" in tried.reason
 
 
 def test_a_canary_that_may_be_lengthened_makes_the_optimizer_keep_more_guardrail_margin():
