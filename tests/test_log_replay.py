@@ -28,7 +28,7 @@ from vvtv_autopilot.schemas.errors import ReplayMismatch
 from vvtv_autopilot.statemachine.definition import MACHINE_HASH, MOVES, STATES, TRANSITIONS
 from vvtv_autopilot.statemachine.log_replay import LogReplay, replay_logs, verify_log
 
-FAULTS = Faults(apply_timeout={2: {"canary"}}, apply_refuse={3: {"canary"}, 4: {"live"}, 6: {"live"}, 9: {"live"}},
+FAULTS = Faults(apply_timeout={2: {"canary"}}, apply_refuse={3: {"canary"}, 4: {"live"}, 6: {"live"}, 7: {"live"}, 9: {"live"}},
                 golden_fail={5}, crash_in_canary={8: [600.0]}, crash_after_gate={10}, alert_storm={11: 3},
                 duplicate_rate=0.05)
 
