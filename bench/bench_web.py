@@ -16,26 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import statistics
 import tempfile
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
-import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from recorded_store import clone_cycles, fill_store  # noqa: E402
 from sim_harness import SimWorld  # noqa: E402
 from vvtv_autopilot.infra.clock import now  # noqa: E402
-from vvtv_autopilot.infra.store import CycleStart, Store  # noqa: E402
 from vvtv_autopilot.infra.web import WebServer  # noqa: E402
-from vvtv_autopilot.schemas.messages import parse_time, rfc3339  # noqa: E402
-
-_enc = msgspec.json.Encoder()
+from vvtv_autopilot.schemas.messages import parse_time  # noqa: E402
 
 
 async def fill(path: Path, cycles: int, seed: int, simulated: int) -> SimWorld:
@@ -43,68 +38,12 @@ async def fill(path: Path, cycles: int, seed: int, simulated: int) -> SimWorld:
     t = time.perf_counter()
     world.run_days(simulated)     # about a cycle a day, fewer while paused
     print(f"simulated {len(world.cycles)} cycles over {len(world.steps)} events in {time.perf_counter() - t:.0f} s", flush=True)
-    config_json = world.config.model_dump_json()
-    golden_json = None if world.golden is None else _enc.encode(world.golden).decode()
-    starts_at = {c.fed_index: c for c in world.cycles.values()}
     t = time.perf_counter()
-    store = await Store.open(path)
-    try:
-        batch, starts, snaps = [], [], {}
-        for i, step in enumerate(world.steps):
-            batch.append(step)
-            info = starts_at.get(i)
-            if info is not None:
-                starts.append(CycleStart(info.cycle_id, world.fed[i].key, info.state_before, config_json, golden_json))
-            for row in step.cycle_rows:
-                snaps[row["cycle_id"]] = _enc.encode(row["snapshot"])
-            if len(batch) >= 500 or i == len(world.steps) - 1:
-                await store.commit(batch, state=_enc.encode(world.ap.state), active_cycle_id=world.ap.state.active_cycle_id,
-                                   cycle_snapshots=snaps, cycle_starts=starts)
-                batch, starts, snaps = [], [], {}
-    finally:
-        await store.close()
-    copies = await clone(path, cycles)
+    await fill_store(path, world)
+    copies = clone_cycles(path, cycles)
     print(f"committed to {path} in {time.perf_counter() - t:.0f} s ({path.stat().st_size / 1e6:.0f} MB); "
           f"{copies} earlier copies of the simulated cycles")
     return world
-
-
-def _shift(at: str | None, days: float) -> str | None:
-    return None if at is None else rfc3339(parse_time(at) - timedelta(days=days))
-
-
-async def clone(path: Path, cycles: int) -> int:
-    """Up to ``cycles`` cycles: earlier copies of the simulated ones (ids suffixed, times shifted
-    back by the simulated span), sharing their recorded inbox. Reviews are timed on originals."""
-    db = sqlite3.connect(path)
-    try:
-        rows = db.execute("SELECT * FROM autopilot_cycles ORDER BY started_at").fetchall()
-        if not rows:
-            return 0
-        span = (parse_time(rows[-1][1]) - parse_time(rows[0][1])).total_seconds() / 86400 + 1
-        trans = db.execute("SELECT * FROM transitions").fetchall()
-        canaries = db.execute("SELECT * FROM canary_deployments").fetchall()
-        snaps = db.execute("SELECT * FROM cycle_snapshots").fetchall()
-        copies, total = 0, len(rows)
-        while total < cycles:
-            copies += 1
-            k, days = f"-c{copies}", span * copies
-            take = rows[: cycles - total]
-            ids = {r[0] for r in take}
-            db.executemany("INSERT INTO autopilot_cycles VALUES (?,?,?,?,?,?,?,?)",
-                           [(r[0] + k, _shift(r[1], days), _shift(r[2], days)) + tuple(r[3:]) for r in take])
-            db.executemany("INSERT INTO transitions VALUES (?,?,?,?,?,?,?,?,?)",
-                           [(r[0] + k, r[1], r[2], r[3], r[4], _shift(r[5], days)) + tuple(r[6:]) for r in trans if r[0] in ids])
-            db.executemany("INSERT INTO canary_deployments VALUES (?,?,?,?,?,?,?,?,?)",
-                           [(r[0] + k, r[1] + k, _shift(r[2], days), _shift(r[3], days)) + tuple(r[4:])
-                            for r in canaries if r[1] in ids])
-            db.executemany("INSERT INTO cycle_snapshots VALUES (?,?,?,?,?,?)",
-                           [(r[0] + k,) + tuple(r[1:]) for r in snaps if r[0] in ids])
-            total += len(take)
-        db.commit()
-        return copies
-    finally:
-        db.close()
 
 
 async def timed(http: aiohttp.ClientSession, url: str, repeat: int, method: str = "GET", data=None) -> tuple[float, float, float, int]:

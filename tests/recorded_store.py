@@ -5,7 +5,7 @@ commits it (inbox, transitions, cycle rows, snapshots, the state before each cyc
 replays and reads work on the store exactly as they would on a service's.
 :func:`clone_cycles` adds copies of the stored cycles under fresh ids (times shifted back by
 the simulated span, details unchanged, the recorded inbox shared), for a store of 1,000
-cycles without simulating 1,000 days. Used by tests and by bench/bench_replay.py.
+cycles without simulating 1,000 days. Used by tests, bench/bench_replay.py and bench/bench_web.py.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def clone_cycles(path: Path, cycles: int) -> int:
             return 0
         span = (parse_time(rows[-1][1]) - parse_time(rows[0][1])).total_seconds() / 86400 + 1
         trans = db.execute("SELECT * FROM transitions").fetchall()
+        canaries = db.execute("SELECT * FROM canary_deployments").fetchall()
         snaps = db.execute("SELECT * FROM cycle_snapshots").fetchall()
         copies, total = 0, len(rows)
         while total < cycles:
@@ -71,6 +72,9 @@ def clone_cycles(path: Path, cycles: int) -> int:
             db.executemany("INSERT INTO transitions VALUES (?,?,?,?,?,?,?,?,?)",
                            [(r[0] + k, r[1], r[2], r[3], r[4], _shift(r[5], days)) + tuple(r[6:])
                             for r in trans if r[0] in ids])
+            db.executemany("INSERT INTO canary_deployments VALUES (?,?,?,?,?,?,?,?,?)",
+                           [(r[0] + k, r[1] + k, _shift(r[2], days), _shift(r[3], days)) + tuple(r[4:])
+                            for r in canaries if r[1] in ids])
             db.executemany("INSERT INTO cycle_snapshots VALUES (?,?,?,?,?,?)",
                            [(r[0] + k,) + tuple(r[1:]) for r in snaps if r[0] in ids])
             total += len(take)
