@@ -66,6 +66,8 @@ def configurations(files: list[str], builtin: bool, only: str | None = None) -> 
         out.append(("recommended, guardrail margin 10% (error_rate margin 0.1)",
                     realistic_config(autopilot=RECOMMENDED, kpis=GUARDED_KPIS)))
         out.append(("operator (error_rate w=0, margin 10%)", realistic_config(kpis=OPERATOR_KPIS)))
+        out.append(("operator, recommended policy (lengthen up to 240 min)",
+                    realistic_config(autopilot=RECOMMENDED, kpis=OPERATOR_KPIS)))
     if only:
         out = [(n, c) for n, c in out if n.startswith(only)]
     for f in files:
